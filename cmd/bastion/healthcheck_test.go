@@ -1,0 +1,163 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/bastion-dev/bastion/test/harness"
+)
+
+// serveBanner listens on loopback and writes banner to every client, then
+// holds the connection until the client goes; "" writes nothing.
+func serveBanner(t *testing.T, banner string) string {
+	t.Helper()
+	ln := harness.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		if banner != "" {
+			c.Write([]byte(banner))
+		}
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		io.Copy(io.Discard, c)
+	})
+	return ln.Addr().String()
+}
+
+// closedAddr is a loopback address nobody listens on.
+func closedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func runHealth(t *testing.T) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	code := healthcheck(nil)
+	return code, time.Since(start)
+}
+
+func TestHealthcheckSSH(t *testing.T) {
+	t.Setenv("INSTANCE_IAM_ROLE", "")
+	_, port, _ := net.SplitHostPort(serveBanner(t, "SSH-2.0-Go\r\n"))
+	tests := []struct {
+		name string
+		addr string
+		want int
+	}{
+		{"banner", serveBanner(t, "SSH-2.0-Go\r\n"), 0},
+		{"wildcard address checked on loopback", ":" + port, 0},
+		{"0.0.0.0 checked on loopback", "0.0.0.0:" + port, 0},
+		{"lines before the version line", serveBanner(t, "hello\r\nplease wait\r\nSSH-2.0-Go\r\n"), 0},
+		{"not ssh", serveBanner(t, "HTTP/1.1 400 Bad Request\r\n\r\n"), 1},
+		{"ssh 1 only", serveBanner(t, "SSH-1.5-old\r\n"), 1},
+		{"silent listener", serveBanner(t, ""), 1},
+		{"nothing listening", closedAddr(t), 1},
+		{"bad address", "nonsense", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("BASTION_SSH_ADDR", tt.addr)
+			code, took := runHealth(t)
+			if code != tt.want {
+				t.Fatalf("healthcheck on %q = %d, want %d", tt.addr, code, tt.want)
+			}
+			if took >= time.Second {
+				t.Fatalf("healthcheck took %v, must finish within 1s", took)
+			}
+		})
+	}
+}
+
+func TestHealthcheckUsage(t *testing.T) {
+	if code := healthcheck([]string{"extra"}); code != 2 {
+		t.Fatalf("healthcheck with an argument = %d, want 2", code)
+	}
+}
+
+// fakeAgent starts a copy of sleep under a unique name, standing in for the
+// agent process (found by its command name as the real one is).
+func fakeAgent(t *testing.T, dir, name string) *exec.Cmd {
+	t.Helper()
+	src, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatalf("sleep not found: %v", err)
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name)
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+func TestHealthcheckSSM(t *testing.T) {
+	dir := t.TempDir()
+	oldFile, oldName := registrationFile, agentName
+	t.Cleanup(func() { registrationFile, agentName = oldFile, oldName })
+	registrationFile = filepath.Join(dir, "registration")
+	// Longer than the 15 bytes the kernel keeps, as amazon-ssm-agent is.
+	agentName = fmt.Sprintf("hc%d-ssm-agent-x", os.Getpid()%100000)
+	t.Setenv("BASTION_SSH_ADDR", serveBanner(t, "SSH-2.0-Go\r\n"))
+	t.Setenv("INSTANCE_IAM_ROLE", "bastion-agent")
+	t.Setenv("BASTION_SSM", "")
+
+	check := func(t *testing.T, want int) {
+		t.Helper()
+		code, took := runHealth(t)
+		if code != want {
+			t.Fatalf("healthcheck = %d, want %d", code, want)
+		}
+		if took >= time.Second {
+			t.Fatalf("healthcheck took %v", took)
+		}
+	}
+
+	t.Run("not registered, no agent", func(t *testing.T) { check(t, 1) })
+	if err := os.WriteFile(registrationFile, []byte(`{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"us-east-1"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("registered, no agent", func(t *testing.T) { check(t, 1) })
+
+	agent := fakeAgent(t, dir, agentName)
+	t.Run("registered, agent running", func(t *testing.T) { check(t, 0) })
+
+	os.Remove(registrationFile)
+	t.Run("agent running, registration file gone", func(t *testing.T) { check(t, 1) })
+	os.WriteFile(registrationFile, []byte("{}"), 0o600)
+
+	// Killed but not reaped: a zombie is not a running agent.
+	agent.Process.Kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for processRunning(agentName) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Run("agent is a zombie", func(t *testing.T) { check(t, 1) })
+	agent.Wait()
+
+	t.Run("BASTION_SSM=off checks only ssh", func(t *testing.T) {
+		t.Setenv("BASTION_SSM", "off")
+		check(t, 0)
+	})
+	t.Run("ssh down fails even with ssm healthy", func(t *testing.T) {
+		fakeAgent(t, dir, agentName)
+		t.Setenv("BASTION_SSH_ADDR", closedAddr(t))
+		check(t, 1)
+	})
+}

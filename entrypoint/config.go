@@ -1,0 +1,155 @@
+// Package entrypoint turns the container's environment into a validated
+// Config: settings through envconfig, secrets decoded and then removed from
+// the environment. Errors name the variable (and line), never the value.
+package entrypoint
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Env holds every variable bastion reads, with its default and meaning.
+// The three key variables stay plain strings here because envconfig's parse
+// errors print values; they are decoded afterwards.
+type Env struct {
+	// Keys (seed 000 names).
+	HostKey        string `envconfig:"SSH_PRIVATE_HOST_KEY_BASE64ENCODED" desc:"SSH host private key (PEM or OpenSSH), base64 or plain; required with SSM; unset locally = ephemeral ed25519 key" secret:"true"`
+	HostPublicKey  string `envconfig:"SSH_PUBLIC_HOST_KEY_BASE64ENCODED" desc:"SSH host public key, base64 or plain; optional, must match the private key" secret:"true"`
+	AuthorizedKeys string `envconfig:"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED" desc:"authorized_keys file (sshd(8) format and options), base64 or plain; required" secret:"true"`
+
+	// SSH server.
+	SSHAddr              string        `envconfig:"BASTION_SSH_ADDR" default:":22" desc:"SSH listen address"`
+	Allow                string        `envconfig:"BASTION_ALLOW" desc:"allowed tunnel destinations: comma-separated CIDRs or host names, each with optional :port or :lo-hi; empty = any except loopback, 0.0.0.0/8, link-local (metadata and credential endpoints), fe80::/10, fd00:ec2::/32, which only an entry inside them opens"`
+	HandshakeTimeout     time.Duration `envconfig:"BASTION_HANDSHAKE_TIMEOUT" default:"30s" desc:"deadline for SSH handshake plus authentication"`
+	MaxAuthTries         int           `envconfig:"BASTION_MAX_AUTH_TRIES" default:"6" desc:"authentication attempts per connection"`
+	MaxStartups          int           `envconfig:"BASTION_MAX_STARTUPS" default:"64" desc:"unauthenticated connections in total; more are refused before the handshake"`
+	MaxStartupsPerSource int           `envconfig:"BASTION_MAX_STARTUPS_PER_SOURCE" default:"16" desc:"unauthenticated connections per client address"`
+	MaxTunnelsPerConn    int           `envconfig:"BASTION_MAX_TUNNELS_PER_CONN" default:"100" desc:"open tunnels per SSH connection"`
+	KeepaliveInterval    time.Duration `envconfig:"BASTION_KEEPALIVE_INTERVAL" default:"15s" desc:"keepalive probe interval (like ClientAliveInterval); 0 disables"`
+	KeepaliveCountMax    int           `envconfig:"BASTION_KEEPALIVE_COUNT_MAX" default:"3" desc:"unanswered keepalives before a connection is dropped"`
+	DialTimeout          time.Duration `envconfig:"BASTION_DIAL_TIMEOUT" default:"10s" desc:"timeout for connecting to a tunnel destination"`
+	DrainTimeout         time.Duration `envconfig:"BASTION_DRAIN_TIMEOUT" default:"10s" desc:"grace for open tunnels at shutdown before they are cut"`
+
+	// Process.
+	StopTimeout time.Duration `envconfig:"BASTION_STOP_TIMEOUT" default:"30s" desc:"whole shutdown budget; set it to the task definition's stopTimeout (Fargate default 30s, max 120s)"`
+	LogLevel    string        `envconfig:"BASTION_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+
+	// SSM (seed 004 names).
+	SSM                 string        `envconfig:"BASTION_SSM" default:"auto" desc:"auto = SSM on when INSTANCE_IAM_ROLE is set; off forces it off; on requires INSTANCE_IAM_ROLE"`
+	InstanceIAMRole     string        `envconfig:"INSTANCE_IAM_ROLE" desc:"IAM role name for the SSM agent (hybrid activation); setting it turns SSM on"`
+	InstanceName        string        `envconfig:"INSTANCE_NAME" desc:"managed instance name; empty = <task family>-<task id> from ECS metadata"`
+	Region              string        `envconfig:"AWS_REGION" desc:"AWS region; required with SSM"`
+	LogGroup            string        `envconfig:"CLOUDWATCH_RECEIVER_LOG_GROUP" desc:"CloudWatch Logs group for the agent's logs; empty = console only"`
+	SSMTags             string        `envconfig:"BASTION_SSM_TAGS" desc:"extra tags for the managed instance: key=value,key=value"`
+	RequireAdvancedTier bool          `envconfig:"BASTION_SSM_REQUIRE_ADVANCED_TIER" default:"true" desc:"refuse to start unless the account's activation tier is advanced (needed for Session Manager on hybrid instances)"`
+	OrphanSweep         bool          `envconfig:"BASTION_SSM_ORPHAN_SWEEP" default:"true" desc:"at start, deregister this service's managed instances left ConnectionLost by killed tasks"`
+	OrphanAfter         time.Duration `envconfig:"BASTION_SSM_ORPHAN_AFTER" default:"15m" desc:"how long an instance must be ConnectionLost before the sweep removes it"`
+	ReadyTimeout        time.Duration `envconfig:"BASTION_SSM_READY_TIMEOUT" default:"2m" desc:"how long to wait for the managed instance to show Online"`
+	AgentRestarts       int           `envconfig:"BASTION_SSM_AGENT_RESTARTS" default:"3" desc:"restarts of an agent that dies unexpectedly before bastion exits non-zero"`
+	AgentTaskRole       bool          `envconfig:"BASTION_AGENT_KEEP_TASK_ROLE" default:"false" desc:"let the agent (and so SSM sessions) inherit the ECS task role's credential variables"`
+	EndpointSSM         string        `envconfig:"AWS_ENDPOINT_URL_SSM" desc:"SSM endpoint override (standard AWS SDK variable); also given to the agent"`
+	Endpoint            string        `envconfig:"AWS_ENDPOINT_URL" desc:"endpoint override for every AWS service (standard AWS SDK variable)"`
+	MetadataURI         string        `envconfig:"ECS_CONTAINER_METADATA_URI_V4" desc:"set by ECS; task metadata for the instance name and tags"`
+}
+
+// SecretVars are the variables removed from the environment after decoding.
+var SecretVars = []string{
+	"SSH_PRIVATE_HOST_KEY_BASE64ENCODED",
+	"SSH_PUBLIC_HOST_KEY_BASE64ENCODED",
+	"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED",
+}
+
+// Variable describes one environment variable for --help and the README.
+type Variable struct {
+	Name, Default, Description string
+}
+
+// Variables lists every variable bastion reads, in declaration order.
+func Variables() []Variable {
+	t := reflect.TypeOf(Env{})
+	vars := make([]Variable, 0, t.NumField())
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		vars = append(vars, Variable{
+			Name:        f.Tag.Get("envconfig"),
+			Default:     f.Tag.Get("default"),
+			Description: f.Tag.Get("desc"),
+		})
+	}
+	return vars
+}
+
+// PrintHelp writes the variable table.
+func PrintHelp(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
+	for _, v := range Variables() {
+		def := v.Default
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, def, v.Description)
+	}
+	tw.Flush()
+}
+
+// readEnv fills Env through envconfig, rewriting its errors so that they
+// name the variable and the expected form, never the value.
+func readEnv() (Env, error) {
+	var e Env
+	if err := envconfig.Process("", &e); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return Env{}, fmt.Errorf("entrypoint: %s: not a valid %s", pe.KeyName, typeWord(pe.TypeName))
+		}
+		return Env{}, fmt.Errorf("entrypoint: %w", err)
+	}
+	return e, nil
+}
+
+func typeWord(t string) string {
+	switch t {
+	case "Duration", "time.Duration":
+		return "duration (for example 30s, 2m)"
+	case "bool":
+		return "boolean (true or false)"
+	case "int":
+		return "whole number"
+	}
+	return t
+}
+
+// UnknownBastionVars returns BASTION_* variables that are set but not known:
+// most likely typos of a known name.
+func UnknownBastionVars(environ []string) []string {
+	known := map[string]bool{}
+	for _, v := range Variables() {
+		known[v.Name] = true
+	}
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "BASTION_") && !known[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	sort.Strings(unknown)
+	return unknown
+}
+
+// unsetSecrets removes the key variables from this process's environment so
+// that no child can inherit them.
+func unsetSecrets() {
+	for _, name := range SecretVars {
+		os.Unsetenv(name)
+	}
+}

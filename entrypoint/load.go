@@ -1,0 +1,285 @@
+package entrypoint
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-dev/bastion/sshd"
+	"github.com/bastion-dev/bastion/ssm"
+)
+
+// Config is the validated start-up configuration.
+type Config struct {
+	Env              Env // with the secret fields emptied
+	HostSigner       gossh.Signer
+	HostKeyEphemeral bool
+	AuthorizedKeys   []sshd.AuthorizedKey
+	Allow            []sshd.AllowEntry
+	SSM              bool
+	SSMTags          map[string]string
+	LogLevel         slog.Level
+	// Warnings are for the log once it exists: unknown BASTION_* names, the
+	// ephemeral host key.
+	Warnings []Warning
+}
+
+// Warning is a start-up warning with its structured attributes.
+type Warning struct {
+	Msg   string
+	Attrs []any
+}
+
+// Load reads and validates the environment. The key variables are removed
+// from the process environment before it returns, whatever the outcome.
+// Nothing here talks to AWS: every error comes before any side effect.
+func Load() (*Config, error) {
+	env, err := readEnv()
+	unsetSecrets()
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{}
+	for _, name := range UnknownBastionVars(os.Environ()) {
+		cfg.Warnings = append(cfg.Warnings, Warning{Msg: "unknown variable ignored (typo?)", Attrs: []any{"variable", name}})
+	}
+	if err := cfg.validate(&env); err != nil {
+		return nil, err
+	}
+	if err := cfg.decodeKeys(&env); err != nil {
+		return nil, err
+	}
+	env.HostKey, env.HostPublicKey, env.AuthorizedKeys = "", "", ""
+	cfg.Env = env
+	return cfg, nil
+}
+
+var tagPart = regexp.MustCompile(`^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$`)
+
+func (c *Config) validate(e *Env) error {
+	if _, _, err := net.SplitHostPort(e.SSHAddr); err != nil {
+		return fmt.Errorf("entrypoint: BASTION_SSH_ADDR: want host:port or :port")
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"BASTION_HANDSHAKE_TIMEOUT", e.HandshakeTimeout},
+		{"BASTION_DIAL_TIMEOUT", e.DialTimeout},
+		{"BASTION_DRAIN_TIMEOUT", e.DrainTimeout},
+		{"BASTION_SSM_ORPHAN_AFTER", e.OrphanAfter},
+		{"BASTION_SSM_READY_TIMEOUT", e.ReadyTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return fmt.Errorf("entrypoint: %s: must be a positive duration", p.name)
+		}
+	}
+	if e.KeepaliveInterval < 0 {
+		return errors.New("entrypoint: BASTION_KEEPALIVE_INTERVAL: must be 0 (off) or positive")
+	}
+	if e.KeepaliveInterval == 0 {
+		e.KeepaliveInterval = -1 // sshd: negative disables
+	}
+	if e.StopTimeout < time.Second || e.StopTimeout > 120*time.Second {
+		return errors.New("entrypoint: BASTION_STOP_TIMEOUT: must be between 1s and 120s (ECS's stopTimeout range)")
+	}
+	if e.DrainTimeout >= e.StopTimeout {
+		return errors.New("entrypoint: BASTION_DRAIN_TIMEOUT: must be shorter than BASTION_STOP_TIMEOUT")
+	}
+	counts := []struct {
+		name string
+		n    int
+	}{
+		{"BASTION_MAX_AUTH_TRIES", e.MaxAuthTries},
+		{"BASTION_MAX_STARTUPS", e.MaxStartups},
+		{"BASTION_MAX_STARTUPS_PER_SOURCE", e.MaxStartupsPerSource},
+		{"BASTION_MAX_TUNNELS_PER_CONN", e.MaxTunnelsPerConn},
+		{"BASTION_KEEPALIVE_COUNT_MAX", e.KeepaliveCountMax},
+	}
+	for _, p := range counts {
+		if p.n < 1 {
+			return fmt.Errorf("entrypoint: %s: must be at least 1", p.name)
+		}
+	}
+	if e.AgentRestarts < 0 {
+		return errors.New("entrypoint: BASTION_SSM_AGENT_RESTARTS: must be 0 or more")
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
+		return errors.New("entrypoint: BASTION_LOG_LEVEL: want debug, info, warn or error")
+	}
+	allow, err := sshd.ParseAllowList(e.Allow)
+	if err != nil {
+		return fmt.Errorf("entrypoint: BASTION_ALLOW: %w", err)
+	}
+	c.Allow = allow
+
+	switch strings.ToLower(e.SSM) {
+	case "auto", "":
+		c.SSM = e.InstanceIAMRole != ""
+	case "off", "false", "0":
+		c.SSM = false
+	case "on", "true", "1":
+		if e.InstanceIAMRole == "" {
+			return errors.New("entrypoint: INSTANCE_IAM_ROLE: required when BASTION_SSM=on")
+		}
+		c.SSM = true
+	default:
+		return errors.New("entrypoint: BASTION_SSM: want auto, on or off")
+	}
+	if c.SSM {
+		if e.Region == "" {
+			return errors.New("entrypoint: AWS_REGION: required when SSM is on (INSTANCE_IAM_ROLE is set)")
+		}
+		if len(e.InstanceIAMRole) > 64 || strings.ContainsAny(e.InstanceIAMRole, ": ") {
+			return errors.New("entrypoint: INSTANCE_IAM_ROLE: want an IAM role name or path/name (not an ARN), at most 64 characters")
+		}
+		if len(e.InstanceName) > 256 || !tagPart.MatchString(e.InstanceName) {
+			return errors.New("entrypoint: INSTANCE_NAME: at most 256 letters, digits, spaces and _.:/=+-@")
+		}
+	}
+	tags, err := parseTags(e.SSMTags)
+	if err != nil {
+		return fmt.Errorf("entrypoint: BASTION_SSM_TAGS: %w", err)
+	}
+	c.SSMTags = tags
+	return nil
+}
+
+func parseTags(s string) (map[string]string, error) {
+	tags := map[string]string{}
+	for i, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("entry %d: want key=value", i+1)
+		}
+		if err := ssm.CheckUserTag(k, v); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i+1, err)
+		}
+		tags[k] = v
+	}
+	return tags, nil
+}
+
+func (c *Config) decodeKeys(e *Env) error {
+	const (
+		privName = "SSH_PRIVATE_HOST_KEY_BASE64ENCODED"
+		pubName  = "SSH_PUBLIC_HOST_KEY_BASE64ENCODED"
+		authName = "ROOT_PUBLIC_SSH_KEY_BASE64ENCODED"
+	)
+	// Authorized keys first: without them nothing else matters.
+	if strings.TrimSpace(e.AuthorizedKeys) == "" {
+		return fmt.Errorf("entrypoint: %s is not set: refusing to start a bastion nobody is authorized to use", authName)
+	}
+	data, err := decodeText(authName, e.AuthorizedKeys, isAuthorizedKeysText, false)
+	if err != nil {
+		return err
+	}
+	keys, err := sshd.ParseAuthorizedKeys(data)
+	if err != nil {
+		return fmt.Errorf("entrypoint: %s %w", authName, err)
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("entrypoint: %s: no keys (only blank lines or comments)", authName)
+	}
+	c.AuthorizedKeys = keys
+
+	if strings.TrimSpace(e.HostKey) == "" {
+		if c.SSM {
+			return fmt.Errorf("entrypoint: %s: required when SSM is on (clients pin the host key; an ephemeral one would change at every task start)", privName)
+		}
+		if strings.TrimSpace(e.HostPublicKey) != "" {
+			return fmt.Errorf("entrypoint: %s is set but %s is not", pubName, privName)
+		}
+		signer, err := EphemeralHostKey()
+		if err != nil {
+			return err
+		}
+		c.HostSigner, c.HostKeyEphemeral = signer, true
+		c.Warnings = append(c.Warnings, Warning{
+			Msg:   "no host key configured: using an ephemeral ed25519 key; clients will see a new host key at every start (bastion keygen makes a permanent one)",
+			Attrs: []any{"variable", privName, "fingerprint", gossh.FingerprintSHA256(signer.PublicKey())},
+		})
+		return nil
+	}
+	signer, err := ParseHostKey(privName, e.HostKey)
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(e.HostPublicKey) != "" {
+		pubText, err := decodeText(pubName, e.HostPublicKey, isAuthorizedKeysText, true)
+		if err != nil {
+			return err
+		}
+		pub, _, _, rest, err := gossh.ParseAuthorizedKey(pubText)
+		if err != nil || len(strings.TrimSpace(string(rest))) != 0 {
+			return fmt.Errorf("entrypoint: %s: not a single public key in OpenSSH format", pubName)
+		}
+		if string(pub.Marshal()) != string(signer.PublicKey().Marshal()) {
+			return fmt.Errorf("entrypoint: %s does not match %s (%s vs %s)", pubName, privName,
+				gossh.FingerprintSHA256(pub), gossh.FingerprintSHA256(signer.PublicKey()))
+		}
+	}
+	c.HostSigner = signer
+	return nil
+}
+
+// ParseHostKey decodes a host private key value (base64 or plain PEM /
+// OpenSSH text) into a signer: ed25519, ECDSA or RSA ≥ 2048, with RSA
+// restricted to rsa-sha2-* signatures.
+func ParseHostKey(name, value string) (gossh.Signer, error) {
+	pemText, err := decodeText(name, value, isPEMText, true)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := gossh.ParseRawPrivateKey(pemText)
+	if err != nil {
+		var pm *gossh.PassphraseMissingError
+		if errors.As(err, &pm) {
+			return nil, fmt.Errorf("entrypoint: %s: the key is protected by a passphrase; store it unencrypted (ssh-keygen -p -N '' -f KEY)", name)
+		}
+		return nil, fmt.Errorf("entrypoint: %s: not a private key in PEM or OpenSSH format", name)
+	}
+	signer, err := gossh.NewSignerFromKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("entrypoint: %s: unsupported key type", name)
+	}
+	switch signer.PublicKey().Type() {
+	case gossh.KeyAlgoED25519, gossh.KeyAlgoECDSA256, gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521:
+		return signer, nil
+	case gossh.KeyAlgoRSA:
+		if err := sshd.CheckKeyStrength(signer.PublicKey()); err != nil {
+			return nil, fmt.Errorf("entrypoint: %s: %w", name, err)
+		}
+		as, ok := signer.(gossh.AlgorithmSigner)
+		if !ok {
+			return nil, fmt.Errorf("entrypoint: %s: RSA key cannot sign with SHA-2", name)
+		}
+		return gossh.NewSignerWithAlgorithms(as, []string{gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256})
+	default:
+		return nil, fmt.Errorf("entrypoint: %s: %s host keys are not accepted (use ed25519, ECDSA or RSA ≥ 2048)", name, signer.PublicKey().Type())
+	}
+}
+
+// EphemeralHostKey makes a fresh ed25519 host key.
+func EphemeralHostKey() (gossh.Signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("entrypoint: generate host key: %w", err)
+	}
+	return gossh.NewSignerFromKey(priv)
+}

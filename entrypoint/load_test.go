@@ -1,0 +1,344 @@
+package entrypoint
+
+import (
+	"encoding/base64"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// cleanEnv unsets every variable bastion reads (restored after the test)
+// and sets the given ones.
+func cleanEnv(t *testing.T, set map[string]string) {
+	t.Helper()
+	for _, v := range Variables() {
+		t.Setenv(v.Name, "")
+		os.Unsetenv(v.Name)
+	}
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "BASTION_") {
+			t.Setenv(name, "")
+			os.Unsetenv(name)
+		}
+	}
+	for k, v := range set {
+		t.Setenv(k, v)
+	}
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func assertSecretsUnset(t *testing.T) {
+	t.Helper()
+	for _, name := range SecretVars {
+		if v, ok := os.LookupEnv(name); ok {
+			t.Errorf("%s still set (%d bytes)", name, len(v))
+		}
+		for _, kv := range os.Environ() {
+			if strings.HasPrefix(kv, name+"=") {
+				t.Errorf("%s still in os.Environ", name)
+			}
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	hostPEM := readTestdata(t, "host_ed25519")
+	hostPub := readTestdata(t, "host_ed25519.pub")
+	otherPub := readTestdata(t, "other_ed25519.pub")
+	ak := readTestdata(t, "authorized_keys")
+	const secretMarker = "ZZSECRETZZ"
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr []string // substrings; nil = success
+		secrets []string // must not appear in the error
+		check   func(t *testing.T, c *Config)
+	}{
+		{
+			name: "base64 everything",
+			env: map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"SSH_PUBLIC_HOST_KEY_BASE64ENCODED":  b64(hostPub),
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  b64(ak),
+				"BASTION_ALLOW":                      "10.0.0.0/8:443,db.internal",
+			},
+			check: func(t *testing.T, c *Config) {
+				if c.HostKeyEphemeral || c.HostSigner == nil || len(c.AuthorizedKeys) != 1 || len(c.Allow) != 2 {
+					t.Errorf("config %+v", c)
+				}
+				if c.Env.HostKey != "" || c.Env.HostPublicKey != "" || c.Env.AuthorizedKeys != "" {
+					t.Error("secret fields kept in Config.Env")
+				}
+				if c.SSM {
+					t.Error("SSM on without INSTANCE_IAM_ROLE")
+				}
+			},
+		},
+		{
+			name: "plain text everything",
+			env: map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": hostPEM,
+				"SSH_PUBLIC_HOST_KEY_BASE64ENCODED":  hostPub,
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  ak,
+			},
+		},
+		{
+			name: "ephemeral host key when unset and SSM off",
+			env:  map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "BASTION_SSM": "off", "INSTANCE_IAM_ROLE": "role"},
+			check: func(t *testing.T, c *Config) {
+				if !c.HostKeyEphemeral || c.HostSigner == nil {
+					t.Fatal("no ephemeral host key")
+				}
+				found := false
+				for _, w := range c.Warnings {
+					found = found || strings.Contains(w.Msg, "ephemeral")
+				}
+				if !found {
+					t.Errorf("no ephemeral-key warning in %+v", c.Warnings)
+				}
+			},
+		},
+		{
+			name: "host key required with SSM",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "BASTION_SSM": "on",
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1"},
+			wantErr: []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "required when SSM is on"},
+		},
+		{
+			name: "host key required with SSM auto",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1"},
+			wantErr: []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "required when SSM is on"},
+		},
+		{
+			name: "public key mismatch",
+			env: map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"SSH_PUBLIC_HOST_KEY_BASE64ENCODED":  b64(otherPub),
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  b64(ak),
+			},
+			wantErr: []string{"SSH_PUBLIC_HOST_KEY_BASE64ENCODED does not match SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "SHA256:"},
+			secrets: []string{hostPEM, otherPub, hostPub},
+		},
+		{
+			name: "public key without private key",
+			env: map[string]string{
+				"SSH_PUBLIC_HOST_KEY_BASE64ENCODED": b64(hostPub),
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+			},
+			wantErr: []string{"SSH_PUBLIC_HOST_KEY_BASE64ENCODED is set but SSH_PRIVATE_HOST_KEY_BASE64ENCODED is not"},
+			secrets: []string{hostPub},
+		},
+		{
+			name: "public key is two keys",
+			env: map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"SSH_PUBLIC_HOST_KEY_BASE64ENCODED":  b64(hostPub + otherPub),
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  b64(ak),
+			},
+			wantErr: []string{"SSH_PUBLIC_HOST_KEY_BASE64ENCODED: not a single public key"},
+			secrets: []string{hostPEM, hostPub},
+		},
+		{
+			name:    "authorized keys unset",
+			env:     map[string]string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM)},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED is not set"},
+			secrets: []string{hostPEM},
+		},
+		{
+			name:    "authorized keys only comments",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64("# nobody\n")},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: no keys"},
+		},
+		{
+			name:    "authorized keys bad line",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak + "\n# x\nagent-fwd " + ak)},
+			wantErr: []string{"entrypoint: ROOT_PUBLIC_SSH_KEY_BASE64ENCODED line 4: unknown option \"agent-fwd\""},
+		},
+		{
+			name:    "authorized keys garbage line with secret",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak + secretMarker + "\n")},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED line 2"},
+			secrets: []string{secretMarker},
+		},
+		{
+			name:    "private key pasted as authorized keys",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(hostPEM)},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED line 1"},
+			secrets: []string{hostPEM},
+		},
+		{
+			name:    "private key pasted plain as authorized keys",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": hostPEM},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED"},
+			secrets: []string{hostPEM},
+		},
+		{
+			name: "host key garbage",
+			env: map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": secretMarker + "!!",
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  b64(ak),
+			},
+			wantErr: []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED"},
+			secrets: []string{secretMarker},
+		},
+		{
+			name: "host key is a public key",
+			env: map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPub),
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  b64(ak),
+			},
+			wantErr: []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED"},
+			secrets: []string{hostPub},
+		},
+		{
+			name: "envconfig duration error names the variable, not the value",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_HANDSHAKE_TIMEOUT":         "30" + secretMarker,
+			},
+			wantErr: []string{"entrypoint: BASTION_HANDSHAKE_TIMEOUT: not a valid duration"},
+			secrets: []string{secretMarker},
+		},
+		{
+			name: "envconfig int error",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_MAX_STARTUPS":              "many" + secretMarker,
+			},
+			wantErr: []string{"entrypoint: BASTION_MAX_STARTUPS: not a valid whole number"},
+			secrets: []string{secretMarker},
+		},
+		{
+			name: "envconfig bool error",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_SSM_REQUIRE_ADVANCED_TIER": "maybe" + secretMarker,
+			},
+			wantErr: []string{"entrypoint: BASTION_SSM_REQUIRE_ADVANCED_TIER: not a valid boolean"},
+			secrets: []string{secretMarker},
+		},
+		{
+			name: "bad allow list",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_ALLOW":                     "10.0.0.0/33",
+			},
+			wantErr: []string{"entrypoint: BASTION_ALLOW: entry 1"},
+		},
+		{
+			name: "drain not shorter than stop",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_DRAIN_TIMEOUT":             "30s",
+				"BASTION_STOP_TIMEOUT":              "30s",
+			},
+			wantErr: []string{"BASTION_DRAIN_TIMEOUT: must be shorter than BASTION_STOP_TIMEOUT"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t, tt.env)
+			c, err := Load()
+			assertSecretsUnset(t)
+			if tt.wantErr != nil {
+				if err == nil {
+					t.Fatalf("Load succeeded, want error with %q", tt.wantErr)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q, want it to contain %q", err, w)
+					}
+				}
+				for _, s := range tt.secrets {
+					assertNoSecret(t, err.Error(), s)
+				}
+				for _, name := range SecretVars {
+					if v := tt.env[name]; len(v) > 8 && strings.Contains(err.Error(), strings.TrimSpace(v)) {
+						t.Errorf("error %q carries the value of %s", err, name)
+					}
+				}
+				if c != nil {
+					t.Error("config returned with an error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if tt.check != nil {
+				tt.check(t, c)
+			}
+		})
+	}
+}
+
+func TestLoadWarnsUnknownBastionVars(t *testing.T) {
+	cleanEnv(t, map[string]string{
+		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(readTestdata(t, "authorized_keys")),
+		"BASTION_FOO":                       "1",
+		"BASTION_ALOW":                      "10.0.0.0/8",
+	})
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []any
+	for _, w := range c.Warnings {
+		if strings.Contains(w.Msg, "unknown variable") {
+			names = append(names, w.Attrs[1])
+		}
+	}
+	if !slices.Equal(names, []any{"BASTION_ALOW", "BASTION_FOO"}) {
+		t.Errorf("unknown-variable warnings for %v", names)
+	}
+}
+
+func TestUnknownBastionVars(t *testing.T) {
+	tests := []struct {
+		name    string
+		environ []string
+		want    []string
+	}{
+		{"none", []string{"PATH=/bin", "HOME=/root"}, nil},
+		{"known", []string{"BASTION_ALLOW=x", "BASTION_SSM=off"}, nil},
+		{"unknown sorted", []string{"BASTION_FOO=1", "BASTION_ALLOW=x", "BASTION_BAR="}, []string{"BASTION_BAR", "BASTION_FOO"}},
+		{"not a BASTION_ name", []string{"XBASTION_FOO=1", "bastion_foo=1"}, nil},
+		{"no value", []string{"BASTION_TYPO"}, []string{"BASTION_TYPO"}},
+		{"the key variables are known", append([]string{}, "SSH_PRIVATE_HOST_KEY_BASE64ENCODED=x"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := UnknownBastionVars(tt.environ); !slices.Equal(got, tt.want) {
+				t.Errorf("UnknownBastionVars = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestVariablesDocumented(t *testing.T) {
+	seen := map[string]bool{}
+	for _, v := range Variables() {
+		if v.Name == "" || v.Description == "" {
+			t.Errorf("variable %+v lacks a name or description", v)
+		}
+		if seen[v.Name] {
+			t.Errorf("%s listed twice", v.Name)
+		}
+		seen[v.Name] = true
+	}
+	for _, s := range SecretVars {
+		if !seen[s] {
+			t.Errorf("secret %s not among Variables", s)
+		}
+	}
+	var b strings.Builder
+	PrintHelp(&b)
+	for name := range seen {
+		if !strings.Contains(b.String(), name) {
+			t.Errorf("help lacks %s", name)
+		}
+	}
+}

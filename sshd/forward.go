@@ -1,0 +1,388 @@
+package sshd
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// directTCPIPRequest is the RFC 4254 section 7.2 payload.
+type directTCPIPRequest struct {
+	DestAddr   string
+	DestPort   uint32
+	OriginAddr string
+	OriginPort uint32
+}
+
+// The client is told only these; the cause goes to the audit log.
+const (
+	msgProhibited    = "administratively prohibited"
+	msgConnectFailed = "connect failed"
+)
+
+// policyError carries a refusal out of the dialer's control hook.
+type policyError struct{ reason Reason }
+
+func (e *policyError) Error() string { return string(e.reason) }
+
+func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx gliderssh.Context) {
+	cs := stateOf(ctx)
+	var req directTCPIPRequest
+	if err := gossh.Unmarshal(nc.ExtraData(), &req); err != nil || cs == nil {
+		nc.Reject(gossh.ConnectionFailed, msgConnectFailed)
+		return
+	}
+	t := &tunnel{
+		start:     time.Now(),
+		user:      ctx.User(),
+		client:    cs.remote.String(),
+		requested: net.JoinHostPort(unbracket(req.DestAddr), strconv.FormatUint(uint64(req.DestPort), 10)),
+	}
+
+	s.mu.Lock()
+	g := cs.access
+	switch {
+	case g == nil:
+		s.mu.Unlock()
+		nc.Reject(gossh.Prohibited, msgProhibited)
+		return
+	case s.draining:
+		s.mu.Unlock()
+		t.fingerprint = g.fingerprint
+		s.refuse(nc, t, gossh.Prohibited, "server shutting down")
+		return
+	case cs.tunnels >= s.cfg.MaxTunnelsPerConn:
+		s.mu.Unlock()
+		t.fingerprint = g.fingerprint
+		s.refuse(nc, t, gossh.ResourceShortage, "too many tunnels on this connection")
+		return
+	}
+	cs.tunnels++
+	s.tunnels.Add(1)
+	s.openCount.Add(1)
+	s.mu.Unlock()
+	defer s.tunnelEnded(cs)
+	t.fingerprint = g.fingerprint
+
+	dest := Dest{Host: req.DestAddr, Port: int(req.DestPort)}
+	if r := s.cfg.Policy.Decide(g.access, dest); r != ReasonAllowed {
+		s.refuse(nc, t, gossh.Prohibited, string(r))
+		return
+	}
+	target, err := s.dial(ctx, g.access, dest)
+	if err != nil {
+		var pe *policyError
+		if errors.As(err, &pe) {
+			s.refuse(nc, t, gossh.Prohibited, string(pe.reason))
+		} else {
+			s.refuse(nc, t, gossh.ConnectionFailed, "dial: "+err.Error())
+		}
+		return
+	}
+	t.dialed = target.RemoteAddr().String()
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		target.Close()
+		t.reason = "channel accept: " + err.Error()
+		s.logTunnel(t)
+		return
+	}
+	go gossh.DiscardRequests(reqs)
+	t.up, t.down, t.reason = s.pipe(ctx, ch, target)
+	s.logTunnel(t)
+}
+
+// dial resolves the destination once and dials it; the policy runs in the
+// dialer's control hook on the exact address being connected, so a DNS
+// answer cannot steer a tunnel past it.
+func (s *Server) dial(ctx context.Context, a Access, d Dest) (*net.TCPConn, error) {
+	host := d.Host
+	if ip, err := parseIP(host); err == nil {
+		// Literal spellings (127.1, 2130706433, [::ffff:7f00:1]) are
+		// normalised so the dialer connects where libc would.
+		host = ip.String()
+	}
+	var mu sync.Mutex
+	var refusal *policyError
+	dialer := net.Dialer{
+		Timeout:  s.cfg.DialTimeout,
+		Resolver: s.cfg.Resolver,
+		ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return &policyError{reason: ReasonNotAllowed}
+			}
+			dd := Dest{Host: d.Host, Port: int(ap.Port()), IP: ap.Addr().Unmap()}
+			if r := s.cfg.Policy.Decide(a, dd); r != ReasonAllowed {
+				pe := &policyError{reason: r}
+				mu.Lock()
+				if refusal == nil {
+					refusal = pe
+				}
+				mu.Unlock()
+				return pe
+			}
+			return nil
+		},
+	}
+	conn, err := dialer.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(d.Port)))
+	if err != nil {
+		mu.Lock()
+		defer mu.Unlock()
+		if refusal != nil {
+			return nil, refusal
+		}
+		return nil, err
+	}
+	return conn.(*net.TCPConn), nil
+}
+
+// tunnel is the audit record of one direct-tcpip channel.
+type tunnel struct {
+	start       time.Time
+	user        string
+	fingerprint string
+	client      string
+	requested   string
+	dialed      string
+	up, down    int64
+	reason      string
+}
+
+func (s *Server) refuse(nc gossh.NewChannel, t *tunnel, code gossh.RejectionReason, reason string) {
+	msg := msgProhibited
+	if code != gossh.Prohibited {
+		msg = msgConnectFailed
+	}
+	nc.Reject(code, msg)
+	s.log.Info("tunnel refused", "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
+		"requested", t.requested, "reason", reason)
+}
+
+func (s *Server) logTunnel(t *tunnel) {
+	s.log.Info("tunnel", "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
+		"requested", t.requested, "dialed", t.dialed, "bytes_up", t.up, "bytes_down", t.down,
+		"duration_ms", time.Since(t.start).Milliseconds(), "close_reason", t.reason)
+}
+
+// Copy buffers. An idle tunnel holds none of the pooled ones: the target is
+// read only when the socket has data (readReady), and the channel is read
+// into a small buffer until reads come back full. A bulk buffer drains
+// several queued SSH packets per read, so one write to the target carries
+// up to 128 KiB, and one read from the target fills up to four packets.
+const (
+	smallBufSize = 2 << 10
+	bulkBufSize  = 128 << 10
+)
+
+var bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkBufSize); return &b }}
+
+// pipe copies both ways with half-close: EOF from the client becomes a TCP
+// FIN to the target (CloseWrite), EOF from the target becomes an SSH EOF to
+// the client. It returns when both directions are done, or when the
+// connection ends or the drain grace runs out, whichever comes first.
+func (s *Server) pipe(ctx context.Context, ch gossh.Channel, target *net.TCPConn) (up, down int64, reason string) {
+	var once sync.Once
+	forced := ""
+	stop := func(why string) {
+		once.Do(func() {
+			forced = why
+			ch.Close()
+			target.Close()
+		})
+	}
+	stopConn := context.AfterFunc(ctx, func() {
+		// At the end of the grace the drain closes connections too; the
+		// cause is the grace either way.
+		if s.cutCtx.Err() != nil {
+			stop("shutdown grace ended")
+			return
+		}
+		stop("ssh connection closed")
+	})
+	defer stopConn()
+	stopCut := context.AfterFunc(s.cutCtx, func() { stop("shutdown grace ended") })
+	defer stopCut()
+
+	// An error either way (reset, write to a closed peer) ends both; a
+	// clean EOF only half-closes.
+	upDone := make(chan struct{})
+	go func() {
+		defer close(upDone)
+		n, err := copyFromChannel(target, ch)
+		up = n
+		if err != nil {
+			stop("client side: " + err.Error())
+			return
+		}
+		target.CloseWrite()
+	}()
+	n, err := copyFromTarget(ch, target)
+	down = n
+	if err != nil {
+		stop("target side: " + err.Error())
+	} else {
+		ch.CloseWrite()
+	}
+	<-upDone
+
+	stopConn()
+	stopCut()
+	once.Do(func() {
+		ch.Close()
+		target.Close()
+	})
+	if forced != "" {
+		return up, down, forced
+	}
+	return up, down, "eof both ways"
+}
+
+// copyFromChannel copies the channel to dst. It reads into a small buffer
+// while the traffic is interactive and switches to a pooled bulk buffer
+// once a read fills the small one, until a read comes back small again.
+func copyFromChannel(dst io.Writer, src io.Reader) (int64, error) {
+	small := make([]byte, smallBufSize)
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bulkBufs.Put(bp)
+		}
+	}()
+	var total int64
+	for {
+		buf := small
+		if bp != nil {
+			buf = *bp
+		}
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr == nil && w != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+		switch {
+		case bp == nil && n == len(small):
+			bp = bulkBufs.Get().(*[]byte)
+		case bp != nil && n <= smallBufSize:
+			bulkBufs.Put(bp)
+			bp = nil
+		}
+	}
+}
+
+// copyFromTarget copies the target to dst with a pooled buffer taken only
+// while the socket has data.
+func copyFromTarget(dst io.Writer, src *net.TCPConn) (int64, error) {
+	rr, err := newReadReady(src)
+	if err != nil {
+		bp := bulkBufs.Get().(*[]byte)
+		defer bulkBufs.Put(bp)
+		return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	}
+	defer rr.release()
+	var total int64
+	for {
+		buf, err := rr.read()
+		if len(buf) > 0 {
+			w, werr := dst.Write(buf)
+			total += int64(w)
+			if werr == nil && w != len(buf) {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+	}
+}
+
+// readReady reads a socket without holding a buffer while it waits: the
+// read is a non-blocking one on the raw descriptor, and on EAGAIN the
+// pooled buffer goes back before the runtime poller parks the goroutine.
+type readReady struct {
+	conn net.Conn
+	rc   syscall.RawConn
+	bp   *[]byte
+}
+
+func newReadReady(c net.Conn) (*readReady, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("not a syscall.Conn")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &readReady{conn: c, rc: rc}, nil
+}
+
+// read returns the next data in a pooled buffer that stays valid until the
+// next call or release; io.EOF at the end of the stream.
+func (r *readReady) read() ([]byte, error) {
+	var n int
+	var errno error
+	err := r.rc.Read(func(fd uintptr) bool {
+		if r.bp == nil {
+			r.bp = bulkBufs.Get().(*[]byte)
+		}
+		for {
+			n, errno = syscall.Read(int(fd), *r.bp)
+			if errno != syscall.EINTR {
+				break
+			}
+		}
+		if errno == syscall.EAGAIN {
+			r.release()
+			return false
+		}
+		return true
+	})
+	switch {
+	case err != nil: // already a *net.OpError
+		r.release()
+		return nil, err
+	case errno != nil:
+		r.release()
+		return nil, &net.OpError{Op: "read", Net: "tcp", Source: r.conn.LocalAddr(), Addr: r.conn.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	case n == 0:
+		r.release()
+		return nil, io.EOF
+	}
+	return (*r.bp)[:n], nil
+}
+
+func (r *readReady) release() {
+	if r.bp != nil {
+		bulkBufs.Put(r.bp)
+		r.bp = nil
+	}
+}

@@ -1,0 +1,540 @@
+// Package sshd is bastion's embedded SSH server: public-key authentication
+// against an authorized_keys set with sshd(8) option semantics, and
+// direct-tcpip forwarding (ssh -J, -W, -L) under a destination policy. It
+// serves no sessions, shells or remote forwards.
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/sys/cpu"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = gliderssh.ErrServerClosed
+
+// Algorithms offered: modern only. The OpenSSH client's default preference
+// decides among them.
+var (
+	KeyExchanges = []string{
+		gossh.KeyExchangeMLKEM768X25519,
+		gossh.KeyExchangeCurve25519,
+		"curve25519-sha256@libssh.org",
+	}
+	// Ciphers are AEAD only. With AES and carry-less multiply in hardware
+	// (AES-NI+PCLMULQDQ, ARMv8 AES+PMULL, s390x KMA), only AES-GCM is
+	// offered: Go runs it in constant-time assembly several times faster
+	// than chacha20-poly1305, which x/crypto implements in generic Go on
+	// amd64 and arm64, and which the OpenSSH client would otherwise pick
+	// first. Both are 128-bit-security AEADs with no known weakness in SSH
+	// use (the Terrapin prefix truncation hit chacha20-poly1305 and CBC/EtM
+	// modes, not GCM; strict KEX fixes it either way). Without such hardware
+	// Go's AES-GCM falls back to a slower table-free software path and
+	// chacha20-poly1305 is offered too.
+	Ciphers = offeredCiphers(hasAESGCMHardware())
+	MACs    = []string{
+		gossh.HMACSHA256ETM,
+		gossh.HMACSHA512ETM,
+	}
+	// PublicKeyAuthAlgorithms excludes ssh-rsa (SHA-1) and ssh-dss.
+	PublicKeyAuthAlgorithms = []string{
+		gossh.KeyAlgoED25519,
+		gossh.KeyAlgoSKED25519,
+		gossh.KeyAlgoECDSA256,
+		gossh.KeyAlgoECDSA384,
+		gossh.KeyAlgoECDSA521,
+		gossh.KeyAlgoSKECDSA256,
+		gossh.KeyAlgoRSASHA512,
+		gossh.KeyAlgoRSASHA256,
+	}
+)
+
+func offeredCiphers(aesHardware bool) []string {
+	if aesHardware {
+		return []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM}
+	}
+	return []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM, gossh.CipherChaCha20Poly1305}
+}
+
+func hasAESGCMHardware() bool {
+	switch runtime.GOARCH {
+	case "amd64":
+		return cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ
+	case "arm64":
+		return cpu.ARM64.HasAES && cpu.ARM64.HasPMULL
+	case "s390x":
+		return cpu.S390X.HasAES && cpu.S390X.HasAESGCM
+	}
+	return false
+}
+
+// Config is what the server needs. Zero durations and counts take the
+// defaults documented on each field.
+type Config struct {
+	HostSigners    []gossh.Signer // required
+	AuthorizedKeys []AuthorizedKey
+	Policy         Policy
+	Logger         *slog.Logger // nil = discard
+
+	HandshakeTimeout     time.Duration // handshake + auth deadline; default 30s
+	MaxAuthTries         int           // default 6
+	MaxStartups          int           // unauthenticated connections in total; default 64
+	MaxStartupsPerSource int           // unauthenticated connections per client address; default 16
+	MaxTunnelsPerConn    int           // open direct-tcpip channels per connection; default 100
+	KeepaliveInterval    time.Duration // default 15s; negative disables
+	KeepaliveCountMax    int           // unanswered keepalives before the connection is dropped; default 3
+	DialTimeout          time.Duration // default 10s
+	DrainTimeout         time.Duration // grace for open tunnels at shutdown; default 10s
+	Resolver             *net.Resolver // nil = net.DefaultResolver
+	Clock                func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defInt := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
+	}
+	def(&c.HandshakeTimeout, 30*time.Second)
+	def(&c.KeepaliveInterval, 15*time.Second)
+	def(&c.DialTimeout, 10*time.Second)
+	def(&c.DrainTimeout, 10*time.Second)
+	defInt(&c.MaxAuthTries, 6)
+	defInt(&c.MaxStartups, 64)
+	defInt(&c.MaxStartupsPerSource, 16)
+	defInt(&c.MaxTunnelsPerConn, 100)
+	defInt(&c.KeepaliveCountMax, 3)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+}
+
+// Server is an SSH jump server. Create it with New.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	srv  *gliderssh.Server
+	auth *authorizer
+
+	// cut ends every tunnel when the drain grace is over.
+	cutCtx context.Context
+	cut    context.CancelFunc
+
+	mu          sync.Mutex
+	conns       map[*connState]struct{}
+	unauth      int
+	unauthBySrc map[netip.Addr]int
+	draining    bool
+	listeners   []net.Listener
+	shutdown    sync.Once
+
+	tunnels   sync.WaitGroup
+	openCount atomic.Int64
+	nextID    atomic.Uint64
+}
+
+// New validates cfg and builds a server. It refuses an unusable config
+// before any connection is served: no host key, or no authorized key (an
+// open bastion is never the default).
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if len(cfg.HostSigners) == 0 {
+		return nil, errors.New("sshd: no host key")
+	}
+	if len(cfg.AuthorizedKeys) == 0 {
+		return nil, errors.New("sshd: no authorized keys")
+	}
+	s := &Server{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		auth:        &authorizer{keys: cfg.AuthorizedKeys, clock: cfg.Clock},
+		conns:       map[*connState]struct{}{},
+		unauthBySrc: map[netip.Addr]int{},
+	}
+	s.cutCtx, s.cut = context.WithCancel(context.Background())
+	signers := make([]gliderssh.Signer, len(cfg.HostSigners))
+	for i, k := range cfg.HostSigners {
+		signers[i] = k
+	}
+	s.srv = &gliderssh.Server{
+		Version:     "bastion",
+		HostSigners: signers,
+		// Only direct-tcpip: no session, exec, shell, subsystem, x11,
+		// streamlocal. Non-nil empty request map: tcpip-forward and every
+		// other global request are answered with failure.
+		ChannelHandlers:      map[string]gliderssh.ChannelHandler{"direct-tcpip": s.handleDirectTCPIP},
+		RequestHandlers:      map[string]gliderssh.RequestHandler{},
+		SubsystemHandlers:    map[string]gliderssh.SubsystemHandler{},
+		PublicKeyHandler:     s.publicKeyHandler,
+		ConnCallback:         s.connCallback,
+		ServerConfigCallback: s.serverConfig,
+		ConnectionFailedCallback: func(conn net.Conn, err error) {
+			s.log.Debug("handshake failed", "client", conn.RemoteAddr().String(), "error", err.Error())
+		},
+	}
+	return s, nil
+}
+
+func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
+	cfg := &gossh.ServerConfig{
+		Config: gossh.Config{
+			KeyExchanges: KeyExchanges,
+			Ciphers:      Ciphers,
+			MACs:         MACs,
+		},
+		MaxAuthTries:            s.cfg.MaxAuthTries,
+		PublicKeyAuthAlgorithms: PublicKeyAuthAlgorithms,
+		AuthLogCallback: func(md gossh.ConnMetadata, method string, err error) {
+			s.authLog(ctx, md, method, err)
+		},
+	}
+	return cfg
+}
+
+// connState is what the server tracks per TCP connection.
+type connState struct {
+	id     uint64
+	conn   net.Conn
+	remote netip.AddrPort
+
+	// guarded by Server.mu
+	authed   bool
+	access   *grant
+	tunnels  int
+	sshConn  gossh.Conn
+	closed   bool
+	hsTimer  *time.Timer
+	kaTimer  *time.Timer
+	kaMissed int
+	kaWait   bool
+}
+
+type ctxKey string
+
+const (
+	ctxConnState ctxKey = "bastion-conn"
+	ctxOffered   ctxKey = "bastion-offered"
+)
+
+func stateOf(ctx gliderssh.Context) *connState {
+	cs, _ := ctx.Value(ctxConnState).(*connState)
+	return cs
+}
+
+// deadlineFreeConn ignores deadlines: gliderlabs resets them on every read
+// and write, which costs a timer update per packet, and bastion enforces its
+// handshake deadline and keepalive with timers of its own.
+type deadlineFreeConn struct{ net.Conn }
+
+func (deadlineFreeConn) SetDeadline(time.Time) error      { return nil }
+func (deadlineFreeConn) SetReadDeadline(time.Time) error  { return nil }
+func (deadlineFreeConn) SetWriteDeadline(time.Time) error { return nil }
+
+// readBufConn serves reads from a pooled buffer that one non-blocking read
+// of up to 128 KiB fills. x/crypto reads each packet through a 4 KiB
+// bufio.Reader: two or three read calls per 32 KiB packet without it. The
+// buffer goes back to the pool once drained, so an idle connection holds
+// none. Only the transport's read loop reads.
+type readBufConn struct {
+	deadlineFreeConn
+	rr      *readReady
+	pending []byte
+}
+
+func (c *readBufConn) Read(p []byte) (int, error) {
+	if len(c.pending) == 0 {
+		buf, err := c.rr.read()
+		if err != nil {
+			return 0, err
+		}
+		c.pending = buf
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	if len(c.pending) == 0 {
+		c.rr.release()
+	}
+	return n, nil
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// connCallback admits or refuses a new TCP connection before any crypto
+// work (MaxStartups), and arms the handshake deadline.
+func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
+	remote := addrPortOf(conn.RemoteAddr())
+	s.mu.Lock()
+	reason := ""
+	switch {
+	case s.draining:
+		reason = "shutting down"
+	case s.unauth >= s.cfg.MaxStartups:
+		reason = "too many unauthenticated connections"
+	case s.unauthBySrc[remote.Addr()] >= s.cfg.MaxStartupsPerSource:
+		reason = "too many unauthenticated connections from this address"
+	}
+	if reason != "" {
+		s.mu.Unlock()
+		s.log.Warn("connection refused", "client", remote.String(), "reason", reason)
+		return nil
+	}
+	cs := &connState{id: s.nextID.Add(1), conn: conn, remote: remote}
+	s.conns[cs] = struct{}{}
+	s.unauth++
+	s.unauthBySrc[remote.Addr()]++
+	cs.hsTimer = time.AfterFunc(s.cfg.HandshakeTimeout, func() {
+		s.mu.Lock()
+		authed := cs.authed
+		s.mu.Unlock()
+		if !authed {
+			s.log.Info("connection closed", "client", remote.String(), "reason", "handshake and authentication deadline exceeded",
+				"timeout", s.cfg.HandshakeTimeout.String())
+			conn.Close()
+		}
+	})
+	s.mu.Unlock()
+	ctx.SetValue(ctxConnState, cs)
+	// gliderlabs cancels ctx when the connection ends, whatever the cause.
+	context.AfterFunc(ctx, func() { s.connClosed(cs) })
+	if rr, err := newReadReady(conn); err == nil {
+		return &readBufConn{deadlineFreeConn: deadlineFreeConn{conn}, rr: rr}
+	}
+	return deadlineFreeConn{conn}
+}
+
+func (s *Server) leaveUnauthLocked(cs *connState) {
+	s.unauth--
+	if n := s.unauthBySrc[cs.remote.Addr()] - 1; n > 0 {
+		s.unauthBySrc[cs.remote.Addr()] = n
+	} else {
+		delete(s.unauthBySrc, cs.remote.Addr())
+	}
+}
+
+func (s *Server) connClosed(cs *connState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cs.closed {
+		return
+	}
+	cs.closed = true
+	if !cs.authed {
+		s.leaveUnauthLocked(cs)
+	}
+	cs.hsTimer.Stop()
+	if cs.kaTimer != nil {
+		cs.kaTimer.Stop()
+	}
+	delete(s.conns, cs)
+}
+
+// authenticated moves a connection out of the unauthenticated count and
+// starts its keepalive.
+func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cs.closed || cs.authed {
+		return
+	}
+	cs.authed = true
+	cs.access = g
+	cs.hsTimer.Stop()
+	s.leaveUnauthLocked(cs)
+	if s.cfg.KeepaliveInterval > 0 {
+		cs.kaTimer = time.AfterFunc(s.cfg.KeepaliveInterval, func() { s.keepalive(ctx, cs) })
+	}
+}
+
+// keepalive sends keepalive@openssh.com like sshd's ClientAliveInterval: a
+// peer that leaves KeepaliveCountMax of them unanswered is dropped. The
+// request runs on its own goroutine because SendRequest blocks until the
+// reply; at most one is in flight per connection.
+func (s *Server) keepalive(ctx gliderssh.Context, cs *connState) {
+	s.mu.Lock()
+	if cs.closed {
+		s.mu.Unlock()
+		return
+	}
+	if cs.sshConn == nil {
+		cs.sshConn, _ = ctx.Value(gliderssh.ContextKeyConn).(gossh.Conn)
+	}
+	conn := cs.sshConn
+	if cs.kaWait {
+		cs.kaMissed++
+		if cs.kaMissed >= s.cfg.KeepaliveCountMax {
+			s.mu.Unlock()
+			s.log.Info("connection closed", "client", cs.remote.String(), "reason", "keepalive unanswered",
+				"missed", s.cfg.KeepaliveCountMax)
+			cs.conn.Close()
+			return
+		}
+	} else if conn != nil {
+		cs.kaWait = true
+		go func() {
+			_, _, err := conn.SendRequest("keepalive@openssh.com", true, nil)
+			s.mu.Lock()
+			cs.kaWait = false
+			if err == nil {
+				cs.kaMissed = 0
+			}
+			s.mu.Unlock()
+		}()
+	}
+	cs.kaTimer.Reset(s.cfg.KeepaliveInterval)
+	s.mu.Unlock()
+}
+
+// Serve accepts connections on ln until Shutdown. It returns
+// ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	err := s.srv.Serve(ln)
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Run serves on ln until ctx ends, then shuts down with the configured
+// drain grace. It returns nil after a shutdown, or Serve's error.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("sshd: serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.Shutdown(context.Background())
+	if err := <-errc; err != nil && !errors.Is(err, ErrServerClosed) {
+		return fmt.Errorf("sshd: serve: %w", err)
+	}
+	return nil
+}
+
+// DrainSummary reports how a shutdown went.
+type DrainSummary struct {
+	OpenAtStart int
+	Drained     int // tunnels that ended on their own during the grace
+	Cut         int // tunnels closed when the grace ran out
+	Duration    time.Duration
+}
+
+// Shutdown stops accepting, closes connections that carry no tunnel, lets
+// open tunnels run for DrainTimeout (or until ctx ends, if sooner), then
+// closes everything. It returns ctx.Err() if ctx cut the drain short.
+func (s *Server) Shutdown(ctx context.Context) (DrainSummary, error) {
+	var sum DrainSummary
+	var err error
+	s.shutdown.Do(func() { sum, err = s.drain(ctx) })
+	return sum, err
+}
+
+func (s *Server) drain(ctx context.Context) (DrainSummary, error) {
+	start := time.Now()
+	s.mu.Lock()
+	s.draining = true
+	var idle []net.Conn
+	for cs := range s.conns {
+		if !cs.authed || cs.tunnels == 0 {
+			idle = append(idle, cs.conn)
+		}
+	}
+	listeners := s.listeners
+	s.mu.Unlock()
+	// Closing the listeners makes new connections fail at once. Not
+	// gliderlabs' Shutdown: its WaitGroup Wait would race with the Add of a
+	// connection finishing its handshake now.
+	for _, ln := range listeners {
+		ln.Close()
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+
+	open := int(s.openCount.Load())
+	sum := DrainSummary{OpenAtStart: open}
+	s.log.Info("sshd draining", "open_tunnels", open, "grace", s.cfg.DrainTimeout.String())
+
+	done := make(chan struct{})
+	go func() { s.tunnels.Wait(); close(done) }()
+	grace := time.NewTimer(s.cfg.DrainTimeout)
+	defer grace.Stop()
+	var err error
+	select {
+	case <-done:
+	case <-grace.C:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	sum.Cut = int(s.openCount.Load())
+	sum.Drained = open - sum.Cut
+	if sum.Drained < 0 {
+		sum.Drained = 0
+	}
+	s.cut()
+	_ = s.srv.Close()
+	s.mu.Lock()
+	for cs := range s.conns {
+		cs.conn.Close()
+	}
+	s.mu.Unlock()
+	<-done
+	sum.Duration = time.Since(start)
+	s.log.Info("sshd stopped", "open_at_start", sum.OpenAtStart, "drained", sum.Drained, "cut", sum.Cut,
+		"duration_ms", sum.Duration.Milliseconds())
+	return sum, err
+}
+
+// tunnelEnded updates counts when a tunnel closes; during a drain, a
+// connection left without tunnels is closed.
+func (s *Server) tunnelEnded(cs *connState) {
+	s.mu.Lock()
+	cs.tunnels--
+	closeIt := s.draining && cs.tunnels == 0
+	s.mu.Unlock()
+	s.openCount.Add(-1)
+	if closeIt {
+		cs.conn.Close()
+	}
+	s.tunnels.Done()
+}

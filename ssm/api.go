@@ -1,0 +1,91 @@
+package ssm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/smithy-go"
+)
+
+// API is the subset of the SSM client the lifecycle calls; tests fake it.
+type API interface {
+	GetServiceSetting(ctx context.Context, in *awsssm.GetServiceSettingInput, optFns ...func(*awsssm.Options)) (*awsssm.GetServiceSettingOutput, error)
+	CreateActivation(ctx context.Context, in *awsssm.CreateActivationInput, optFns ...func(*awsssm.Options)) (*awsssm.CreateActivationOutput, error)
+	DeleteActivation(ctx context.Context, in *awsssm.DeleteActivationInput, optFns ...func(*awsssm.Options)) (*awsssm.DeleteActivationOutput, error)
+	DescribeActivations(ctx context.Context, in *awsssm.DescribeActivationsInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeActivationsOutput, error)
+	DescribeInstanceInformation(ctx context.Context, in *awsssm.DescribeInstanceInformationInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeInstanceInformationOutput, error)
+	DeregisterManagedInstance(ctx context.Context, in *awsssm.DeregisterManagedInstanceInput, optFns ...func(*awsssm.Options)) (*awsssm.DeregisterManagedInstanceOutput, error)
+}
+
+var _ API = (*awsssm.Client)(nil)
+
+// Retry policy of the real client. Every call also runs under its own
+// context deadline (callTimeout), which bounds the retries.
+const (
+	maxAttempts = 10
+	maxBackoff  = 8 * time.Second
+	// attemptTimeout bounds one HTTP attempt, so a hung connection is
+	// retried inside the call's deadline instead of using all of it.
+	attemptTimeout = 8 * time.Second
+)
+
+// NewAPI builds the SSM client: the SDK's default credential chain (ECS task
+// role on Fargate), cfg.Region, and the SDK's standard endpoint overrides
+// (AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL, shared config), which it reads
+// itself. Retries use the adaptive mode (client-side rate limiting on
+// throttles) with exponential jittered backoff.
+func NewAPI(ctx context.Context, cfg Config) (API, error) {
+	if cfg.Region == "" {
+		return nil, fmt.Errorf("ssm: AWS_REGION is required")
+	}
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx,
+		awsconfig.WithRegion(cfg.Region),
+		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(attemptTimeout)),
+		awsconfig.WithRetryer(func() aws.Retryer {
+			return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
+				o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
+					so.MaxAttempts = maxAttempts
+					so.MaxBackoff = maxBackoff
+					so.Backoff = retry.NewExponentialJitterBackoff(maxBackoff)
+				})
+			})
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("ssm: load AWS config: %w", err)
+	}
+	return awsssm.NewFromConfig(awsCfg), nil
+}
+
+// errorCode returns the service's error code of err, or "".
+func errorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+func isAccessDenied(err error) bool {
+	switch errorCode(err) {
+	case "AccessDeniedException", "AccessDenied", "UnauthorizedOperation":
+		return true
+	}
+	return false
+}
+
+// apiError wraps err from an SDK call as "ssm: <op>: …"; an access-denied
+// error names the IAM actions the task role is missing.
+func apiError(op, actions string, err error) error {
+	if isAccessDenied(err) {
+		return fmt.Errorf("ssm: %s: access denied: the ECS task role needs %s: %w", op, actions, err)
+	}
+	return fmt.Errorf("ssm: %s: %w", op, err)
+}

@@ -1,0 +1,703 @@
+package ssm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+)
+
+func TestStartHappyPath(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.Tags = map[string]string{"team": "db"}
+		c.LogGroup = "/bastion/agent"
+		c.Endpoint = "http://127.0.0.1:4566"
+	})
+	h.api.onlineAfter = 2
+	if err := os.MkdirAll(filepath.Join(h.root, IPCDir, "health"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := h.l.Start(ctx); err != nil {
+		t.Fatalf("Start: %v\n%s", err, h.logs)
+	}
+	id := h.l.InstanceID()
+	if id != "mi-00000000000000001" {
+		t.Fatalf("InstanceID = %q", id)
+	}
+	act := "00000000-0000-0000-0000-000000000001"
+	want := []string{
+		"GetServiceSetting /ssm/managed-instance/activation-tier",
+		"DescribeInstanceInformation tag:bastion:ecs-cluster", // orphan sweep
+		"CreateActivation",
+		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // duplicates
+		"DeleteActivation " + act,
+		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // late duplicates
+		"DescribeInstanceInformation InstanceIds",
+		"DescribeInstanceInformation InstanceIds",
+		"DescribeInstanceInformation InstanceIds",
+	}
+	if got := h.api.Calls(); !slices.Equal(got, want) {
+		t.Errorf("calls:\n got %q\nwant %q", got, want)
+	}
+
+	in := h.api.createIn
+	if aws.ToString(in.IamRole) != "bastion-ssm" || aws.ToInt32(in.RegistrationLimit) != 1 {
+		t.Errorf("CreateActivation role %q limit %d", aws.ToString(in.IamRole), aws.ToInt32(in.RegistrationLimit))
+	}
+	if got := aws.ToString(in.DefaultInstanceName); got != "bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0" {
+		t.Errorf("DefaultInstanceName = %q", got)
+	}
+	if got := aws.ToString(in.Description); !regexp.MustCompile(`^bastion arn:aws:ecs:us-east-1:123456789012:task/ops/0f1e2d3c4b5a69788796a5b4c3d2e1f0 run [0-9a-f]{16}$`).MatchString(got) {
+		t.Errorf("Description = %q", got)
+	}
+	if got := aws.ToTime(in.ExpirationDate); !got.Equal(t0.Add(time.Hour)) {
+		t.Errorf("ExpirationDate = %v", got)
+	}
+	tags := map[string]string{}
+	for _, tg := range in.Tags {
+		tags[aws.ToString(tg.Key)] = aws.ToString(tg.Value)
+	}
+	wantTags := map[string]string{
+		TagCluster:   "ops",
+		TagTaskARN:   "arn:aws:ecs:us-east-1:123456789012:task/ops/0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+		TagFamily:    "bastion",
+		TagManagedBy: "bastion",
+		"team":       "db",
+	}
+	if !mapsEqual(tags, wantTags) {
+		t.Errorf("tags = %v, want %v", tags, wantTags)
+	}
+
+	// Registration command and agent start.
+	wantArgs := [][]string{
+		{"-register", "-code", testCode, "-id", act, "-region", "us-east-1", "-y"},
+		{},
+	}
+	if len(h.st.args) != 2 || !slices.Equal(h.st.args[0], wantArgs[0]) || len(h.st.args[1]) != 0 {
+		t.Errorf("agent invocations = %q, want %q", h.st.args, wantArgs)
+	}
+	if h.exists(IPCDir) {
+		t.Errorf("stale IPC directory not removed")
+	}
+	for _, p := range []string{SeelogPath, AgentConfigPath} {
+		fi, err := os.Stat(filepath.Join(h.root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s mode %v", p, fi.Mode())
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(h.root, AgentConfigPath))
+	if !strings.Contains(string(b), `"Endpoint": "http://127.0.0.1:4566"`) {
+		t.Errorf("agent config without endpoint:\n%s", b)
+	}
+	b, _ = os.ReadFile(filepath.Join(h.root, SeelogPath))
+	if !strings.Contains(string(b), `data-log-group="/bastion/agent"`) {
+		t.Errorf("seelog without log group:\n%s", b)
+	}
+	if left := h.api.leftovers(); !slices.Equal(left, []string{"instance " + id}) {
+		t.Errorf("state after Start = %v", left)
+	}
+
+	// Log records: the agent's lines, the ready record with ids.
+	var sawAgentLine, sawReady bool
+	for _, r := range h.logs.records(t) {
+		if r["agent"] != nil && strings.Contains(r["agent"].(string), "Successfully registered") {
+			sawAgentLine = r["step"] == "register"
+		}
+		if r["step"] == "ready" && r["instance_id"] == id && r["ready_at"] != nil {
+			sawReady = true
+		}
+	}
+	if !sawAgentLine || !sawReady {
+		t.Errorf("agent line logged %v, ready logged %v:\n%s", sawAgentLine, sawReady, h.logs)
+	}
+
+	// Shutdown.
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := h.l.StopAgent(sctx); err != nil {
+		t.Errorf("StopAgent: %v", err)
+	}
+	if h.st.lastAgent().Stops() != 1 {
+		t.Errorf("agent not stopped")
+	}
+	if err := h.l.Deregister(sctx); err != nil {
+		t.Errorf("Deregister: %v", err)
+	}
+	if left := h.api.leftovers(); len(left) != 0 {
+		t.Errorf("left after shutdown: %v", left)
+	}
+	if h.exists(RegistrationFile) {
+		t.Errorf("registration file left")
+	}
+	if err := h.l.Deregister(sctx); err != nil { // idempotent
+		t.Errorf("second Deregister: %v", err)
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestStartNotOnECS(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.MetadataURI = ""
+		c.InstanceName = "  jump host #1  "
+	})
+	if err := h.l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range h.api.Calls() {
+		if strings.Contains(c, "tag:") {
+			t.Errorf("orphan sweep off ECS: %s", c)
+		}
+	}
+	in := h.api.createIn
+	if got := aws.ToString(in.DefaultInstanceName); got != "jump host -1" {
+		t.Errorf("DefaultInstanceName = %q", got)
+	}
+	if len(in.Tags) != 1 || aws.ToString(in.Tags[0].Key) != TagManagedBy {
+		t.Errorf("tags = %v", in.Tags)
+	}
+}
+
+func TestStartPreflight(t *testing.T) {
+	tierARN := "arn:aws:ssm:us-east-1:123456789012:servicesetting/ssm/managed-instance/activation-tier"
+	tests := []struct {
+		name       string
+		optOut     bool
+		tier       string
+		errs       map[string]error
+		wantErr    []string // substrings; nil = success
+		activation bool     // CreateActivation called
+	}{
+		{
+			name: "standard tier", tier: "standard",
+			wantErr: []string{`"standard"`, "advanced-instances tier",
+				"aws ssm update-service-setting --setting-id " + tierARN + " --setting-value advanced",
+				"BASTION_SSM_REQUIRE_ADVANCED_TIER=false"},
+		},
+		{name: "standard tier, opted out", tier: "standard", optOut: true, activation: true},
+		{
+			name: "get setting denied", errs: map[string]error{"GetServiceSetting": apiErr("AccessDeniedException")},
+			wantErr: []string{"access denied", "ssm:GetServiceSetting"},
+		},
+		{
+			name: "get setting denied, opted out", optOut: true, activation: true,
+			errs: map[string]error{"GetServiceSetting": apiErr("AccessDeniedException")},
+		},
+		{
+			name: "create activation denied", activation: true,
+			errs:    map[string]error{"CreateActivation": apiErr("AccessDeniedException")},
+			wantErr: []string{"ssm: create activation: access denied", "ssm:CreateActivation", `iam:PassRole on role "bastion-ssm"`},
+		},
+		{
+			name: "sweep denied is not fatal", activation: true,
+			errs: map[string]error{"DescribeInstanceInformation": apiErr("AccessDeniedException")},
+			// Readiness is denied too: that is fatal.
+			wantErr: []string{"wait for agent online", "ssm:DescribeInstanceInformation"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.RequireAdvancedTier = !tt.optOut })
+			h.api.tier, h.api.tierARN = tt.tier, tierARN
+			for k, v := range tt.errs {
+				h.api.errs[k] = v
+			}
+			err := h.l.Start(context.Background())
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Start: %v", err)
+				}
+			} else {
+				if err == nil {
+					t.Fatal("Start succeeded")
+				}
+				for _, s := range tt.wantErr {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q lacks %q", err, s)
+					}
+				}
+				if left := h.api.leftovers(); len(left) != 0 {
+					t.Errorf("left behind: %v", left)
+				}
+			}
+			if got := slices.Contains(h.api.Calls(), "CreateActivation"); got != tt.activation {
+				t.Errorf("CreateActivation called = %v, want %v", got, tt.activation)
+			}
+		})
+	}
+}
+
+func TestStartRegistrationFailures(t *testing.T) {
+	tests := []struct {
+		name    string
+		mode    string
+		wantErr string
+	}{
+		{"refused", "refused", "exited with code 1: Registration failed due to error registering the instance with AWS SSM. InvalidActivation"},
+		{"id mismatch", "mismatch", `registration file names "mi-00000000000000001" but amazon-ssm-agent reported "mi-0123456789abcdef0"`},
+		{"no success line", "noline", "did not report a managed instance id"},
+		{"registered but not persisted", "persistfail", "Registration failed due to error persisting"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.st.regMode = tt.mode
+			err := h.l.Start(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "ssm: register: ") {
+				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
+			}
+			if !slices.Contains(h.api.Calls(), "DeleteActivation 00000000-0000-0000-0000-000000000001") {
+				t.Errorf("DeleteActivation not called: %q", h.api.Calls())
+			}
+			if left := h.api.leftovers(); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if h.exists(RegistrationFile) {
+				t.Errorf("registration file left")
+			}
+			if h.st.Starts() != 0 {
+				t.Errorf("agent started after failed registration")
+			}
+			if h.l.InstanceID() != "" {
+				t.Errorf("InstanceID = %q", h.l.InstanceID())
+			}
+		})
+	}
+}
+
+func TestStartReadiness(t *testing.T) {
+	tests := []struct {
+		name    string
+		setup   func(h *harness) context.Context
+		wantErr string
+	}{
+		{
+			name: "timeout",
+			setup: func(h *harness) context.Context {
+				h.api.onlineAfter = -1
+				h.l.cfg.ReadyTimeout = 50 * time.Millisecond
+				return context.Background()
+			},
+			wantErr: "not Online after 50ms (PingStatus ConnectionLost)",
+		},
+		{
+			name: "agent exits",
+			setup: func(h *harness) context.Context {
+				h.api.onlineAfter = -1
+				h.st.agent = func(int) *fakeProc { p := newFakeProc(7); p.exit(0); return p }
+				return context.Background()
+			},
+			wantErr: "amazon-ssm-agent exited with code 0",
+		},
+		{
+			name: "context cancelled",
+			setup: func(h *harness) context.Context {
+				h.api.onlineAfter = -1
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				h.l.cfg.ReadyTimeout = time.Hour
+				_ = cancel
+				return ctx
+			},
+			wantErr: "context deadline exceeded",
+		},
+		{
+			name: "agent does not start",
+			setup: func(h *harness) context.Context {
+				h.st.err = errors.New("exec: permission denied")
+				return context.Background()
+			},
+			wantErr: "ssm: start agent: exec: permission denied",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			ctx := tt.setup(h)
+			err := h.l.Start(ctx)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
+			}
+			if left := h.api.leftovers(); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if !slices.Contains(h.api.Calls(), "DeregisterManagedInstance mi-00000000000000001") {
+				t.Errorf("no deregistration: %q", h.api.Calls())
+			}
+			for _, c := range h.api.doneCtx {
+				if !strings.HasPrefix(c, "DescribeInstanceInformation InstanceIds") {
+					t.Errorf("cleanup call with a done context: %v", c)
+				}
+			}
+			if p := h.st.lastAgent(); p != nil && p.Stops() == 0 {
+				t.Errorf("agent not stopped")
+			}
+			if h.exists(RegistrationFile) || h.l.InstanceID() != "" {
+				t.Errorf("registration left: file %v, id %q", h.exists(RegistrationFile), h.l.InstanceID())
+			}
+			if err := h.l.Run(context.Background()); err == nil {
+				t.Errorf("Run after failed Start succeeded")
+			}
+		})
+	}
+}
+
+func TestStartStaleRegistration(t *testing.T) {
+	tests := []struct {
+		name   string
+		exists bool // the old instance still exists at the service
+		file   string
+	}{
+		{"old instance exists", true, `{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaaa","Region":"us-east-1"}`},
+		{"old instance gone", false, `{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaaa","Region":"us-east-1"}`},
+		{"garbage file", false, `{not json`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
+			if tt.exists {
+				h.api.addInstance("mi-0aaaaaaaaaaaaaaaa")
+			}
+			p := filepath.Join(h.root, RegistrationFile)
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			if err := os.WriteFile(p, []byte(tt.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.l.Start(context.Background()); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			calls := h.api.Calls()
+			dereg := slices.Index(calls, "DeregisterManagedInstance mi-0aaaaaaaaaaaaaaaa")
+			if json.Valid([]byte(tt.file)) != (dereg >= 0) {
+				t.Errorf("calls %q", calls)
+			}
+			if dereg > slices.Index(calls, "CreateActivation") {
+				t.Errorf("stale instance deregistered after CreateActivation: %q", calls)
+			}
+			if left := h.api.leftovers(); !slices.Equal(left, []string{"instance mi-00000000000000001"}) {
+				t.Errorf("state = %v", left)
+			}
+			reg, err := readRegistration(p)
+			if err != nil || reg.ManagedInstanceID != "mi-00000000000000001" {
+				t.Errorf("registration file = %+v, %v", reg, err)
+			}
+		})
+	}
+}
+
+func TestOrphanSweep(t *testing.T) {
+	ago := func(d time.Duration) *time.Time { x := t0.Add(-d); return &x }
+	ii := func(id string, ps types.PingStatus, lastPing, registered *time.Time) types.InstanceInformation {
+		return types.InstanceInformation{InstanceId: aws.String(id), PingStatus: ps, LastPingDateTime: lastPing, RegistrationDate: registered}
+	}
+	h := newHarness(t, nil)
+	h.api.sweepPages = map[string]*awsssm.DescribeInstanceInformationOutput{
+		"": {
+			InstanceInformationList: []types.InstanceInformation{
+				ii("mi-00000000000000a01", types.PingStatusOnline, ago(time.Hour), nil),         // online: untouched
+				ii("mi-00000000000000a02", types.PingStatusConnectionLost, ago(time.Hour), nil), // orphan
+				ii("mi-00000000000000a03", types.PingStatusConnectionLost, ago(5*time.Minute), nil),
+				ii("mi-00000000000000a04", types.PingStatusConnectionLost, ago(15*time.Minute), nil), // exactly at threshold
+			},
+			NextToken: aws.String("page2"),
+		},
+		"page2": {
+			InstanceInformationList: []types.InstanceInformation{
+				ii("mi-00000000000000b01", types.PingStatusConnectionLost, nil, ago(2*time.Hour)), // never pinged
+				ii("mi-00000000000000b02", types.PingStatusConnectionLost, nil, nil),
+				ii("i-0123456789abcdef0", types.PingStatusConnectionLost, ago(time.Hour), nil), // EC2
+				ii("mi-00000000000000b03", types.PingStatusInactive, ago(time.Hour), nil),
+			},
+			NextToken: aws.String("page2"), // a looping token must not loop
+		},
+	}
+	for _, id := range []string{"mi-00000000000000a01", "mi-00000000000000a02", "mi-00000000000000a03", "mi-00000000000000a04", "mi-00000000000000b01", "mi-00000000000000b02", "mi-00000000000000b03"} {
+		h.api.addInstance(id)
+	}
+	h.l.task = &taskMeta{Cluster: "ops", Family: "bastion"}
+	h.l.sweepOrphans(context.Background())
+
+	var deregistered []string
+	for _, c := range h.api.Calls() {
+		if id, ok := strings.CutPrefix(c, "DeregisterManagedInstance "); ok {
+			deregistered = append(deregistered, id)
+		}
+	}
+	want := []string{"mi-00000000000000a02", "mi-00000000000000a04", "mi-00000000000000b01"}
+	if !slices.Equal(deregistered, want) {
+		t.Errorf("deregistered %q, want %q", deregistered, want)
+	}
+	if len(h.api.describeIn) != 2 {
+		t.Fatalf("%d describe calls, want 2 pages", len(h.api.describeIn))
+	}
+	in := h.api.describeIn[0]
+	if len(in.Filters) != 2 || aws.ToString(in.Filters[0].Key) != "tag:"+TagCluster || in.Filters[0].Values[0] != "ops" ||
+		aws.ToString(in.Filters[1].Key) != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" {
+		t.Errorf("filters = %+v", in.Filters)
+	}
+	if in.InstanceInformationFilterList != nil {
+		t.Errorf("legacy filter list mixed in")
+	}
+	if aws.ToString(h.api.describeIn[1].NextToken) != "page2" {
+		t.Errorf("second page not requested with its token")
+	}
+}
+
+func TestRunRestarts(t *testing.T) {
+	exitAt := func(code int) func(int) *fakeProc {
+		return func(n int) *fakeProc {
+			p := newFakeProc(300 + n)
+			if n > 0 { // the first one is the one Start waits on
+				p.exit(code)
+			}
+			return p
+		}
+	}
+	t.Run("gives up after Restarts", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.Restarts = 2 })
+		h.st.agent = exitAt(1)
+		if err := h.l.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		h.st.lastAgent().exit(0) // the agent also exits 0 when it fails
+		err := h.l.Run(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "exited with code 1 after 2 restarts") {
+			t.Fatalf("Run = %v", err)
+		}
+		if h.st.Starts() != 3 {
+			t.Errorf("%d agent starts, want 3", h.st.Starts())
+		}
+		n := 0
+		for _, r := range h.logs.records(t) {
+			if r["msg"] == "agent exited unexpectedly; restarting" {
+				n++
+			}
+		}
+		if n != 2 {
+			t.Errorf("%d restart records, want 2", n)
+		}
+	})
+	t.Run("no restarts", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.Restarts = -1 })
+		if err := h.l.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		h.st.lastAgent().exit(2)
+		if err := h.l.Run(context.Background()); err == nil || h.st.Starts() != 1 {
+			t.Fatalf("Run = %v, starts %d", err, h.st.Starts())
+		}
+	})
+	t.Run("backoff bounded by ctx", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.RestartBackoff = time.Hour })
+		if err := h.l.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		h.st.lastAgent().exit(1)
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		if err := h.l.Run(ctx); err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("Run took %v", d)
+		}
+		if h.st.Starts() != 1 {
+			t.Errorf("restarted during shutdown")
+		}
+	})
+	t.Run("restarted agent keeps running", func(t *testing.T) {
+		h := newHarness(t, nil)
+		h.st.agent = func(n int) *fakeProc { return newFakeProc(400 + n) }
+		if err := h.l.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		h.st.lastAgent().exit(1)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- h.l.Run(ctx) }()
+		deadline := time.Now().Add(5 * time.Second)
+		for h.st.Starts() < 2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if err := h.l.StopAgent(context.Background()); err != nil {
+			t.Errorf("StopAgent: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("Run after StopAgent = %v", err)
+		}
+		cancel()
+		if h.st.Starts() != 2 || h.st.lastAgent().Stops() != 1 {
+			t.Errorf("starts %d, stops of the restarted agent %d", h.st.Starts(), h.st.lastAgent().Stops())
+		}
+	})
+}
+
+func TestStopAgentKilled(t *testing.T) {
+	h := newHarness(t, nil)
+	h.st.agent = func(n int) *fakeProc { p := newFakeProc(1); p.ignoreTerm = true; return p }
+	if err := h.l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err := h.l.StopAgent(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("StopAgent = %v, want killed after deadline", err)
+	}
+}
+
+func TestDeregister(t *testing.T) {
+	tests := []struct {
+		name    string
+		exists  bool
+		err     error
+		wantErr string
+		file    bool // registration file removed
+	}{
+		{name: "registered", exists: true, file: false},
+		{name: "already gone", exists: false, file: false},
+		{name: "denied", exists: true, err: apiErr("AccessDeniedException"), wantErr: "ssm:DeregisterManagedInstance", file: true},
+		{name: "throttled", exists: true, err: apiErr("ThrottlingException"), wantErr: "ssm: deregister managed instance: ", file: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			const id = "mi-0bbbbbbbbbbbbbbbb"
+			if tt.exists {
+				h.api.addInstance(id)
+			}
+			h.api.errs["DeregisterManagedInstance"] = tt.err
+			h.l.instanceID = id
+			p := filepath.Join(h.root, RegistrationFile)
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.WriteFile(p, []byte(`{"ManagedInstanceID":"`+id+`","Region":"us-east-1"}`), 0o600)
+			err := h.l.Deregister(context.Background())
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("Deregister = %v, want %q", err, tt.wantErr)
+			}
+			if h.exists(RegistrationFile) != tt.file {
+				t.Errorf("registration file exists = %v", !tt.file)
+			}
+		})
+	}
+	t.Run("from file without Start", func(t *testing.T) {
+		h := newHarness(t, nil)
+		h.api.addInstance("mi-0cccccccccccccccc")
+		p := filepath.Join(h.root, RegistrationFile)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte(`{"ManagedInstanceID":"mi-0cccccccccccccccc","Region":"us-east-1"}`), 0o600)
+		if err := h.l.Deregister(context.Background()); err != nil || len(h.api.leftovers()) != 0 {
+			t.Errorf("Deregister = %v, left %v", err, h.api.leftovers())
+		}
+	})
+	t.Run("nothing registered", func(t *testing.T) {
+		h := newHarness(t, nil)
+		if err := h.l.Deregister(context.Background()); err != nil || len(h.api.Calls()) != 0 {
+			t.Errorf("Deregister = %v, calls %q", err, h.api.Calls())
+		}
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	long := strings.Repeat("x", 65)
+	tests := []struct {
+		name    string
+		mut     func(*Config)
+		wantErr string
+	}{
+		{"ok", func(*Config) {}, ""},
+		{"role with path", func(c *Config) { c.IAMRole = "service-role/AmazonEC2RunCommandRoleForManagedInstances" }, ""},
+		{"no region", func(c *Config) { c.Region = "" }, "AWS_REGION"},
+		{"no role", func(c *Config) { c.IAMRole = "" }, "INSTANCE_IAM_ROLE is required"},
+		{"role arn", func(c *Config) { c.IAMRole = "arn:aws:iam::1:role/x" }, "not an ARN"},
+		{"role too long", func(c *Config) { c.IAMRole = long }, "at most 64"},
+		{"bad log group", func(c *Config) { c.LogGroup = `a"b` }, "CLOUDWATCH_RECEIVER_LOG_GROUP"},
+		{"ttl too long", func(c *Config) { c.ActivationTTL = 31 * 24 * time.Hour }, "30 days"},
+		{"reserved tag", func(c *Config) { c.Tags = map[string]string{TagCluster: "x"} }, "reserved"},
+		{"aws tag", func(c *Config) { c.Tags = map[string]string{"AWS:x": "y"} }, `"aws:"`},
+		{"bad tag key", func(c *Config) { c.Tags = map[string]string{"a*b": "y"} }, `tag key "a*b"`},
+		{"bad tag value", func(c *Config) { c.Tags = map[string]string{"a": "<y>"} }, `tag "a": value`},
+		{"unicode tag ok", func(c *Config) { c.Tags = map[string]string{"チーム": "データ基盤 1"} }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Region, c.IAMRole = "us-east-1", "r"
+			tt.mut(&c)
+			err := c.withDefaults().validate()
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("validate = %v, want %q", err, tt.wantErr)
+			}
+			if err != nil && !strings.HasPrefix(err.Error(), "ssm: ") {
+				t.Errorf("error without prefix: %v", err)
+			}
+		})
+	}
+}
+
+func TestSanitizeName(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"bastion-0f1e", "bastion-0f1e"},
+		{"ip-10-0-1-2.ec2.internal", "ip-10-0-1-2.ec2.internal"},
+		{"a*b?c", "a-b-c"},
+		{"  踏み台 ", "踏み台"},
+		{strings.Repeat("é", 300), strings.Repeat("é", 256)},
+	}
+	for _, tt := range tests {
+		if got := sanitizeName(tt.in); got != tt.want || !tagPattern.MatchString(got) {
+			t.Errorf("sanitizeName(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c := Config{}.withDefaults()
+	if c.Restarts != 3 || c.RestartBackoff != 2*time.Second || c.ReadyTimeout != 2*time.Minute ||
+		c.OrphanAfter != 15*time.Minute || c.ActivationTTL != time.Hour || c.AgentPath != "amazon-ssm-agent" || c.Clock == nil {
+		t.Errorf("defaults = %+v", c)
+	}
+	d := DefaultConfig()
+	if !d.RequireAdvancedTier || !d.OrphanSweep {
+		t.Errorf("DefaultConfig = %+v", d)
+	}
+}
+
+func TestAgentNotFound(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.AgentPath = "no-such-amazon-ssm-agent" })
+	err := h.l.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ssm: agent executable") || len(h.api.Calls()) != 0 {
+		t.Errorf("Start = %v, calls %q", err, h.api.Calls())
+	}
+}
+
+func TestStartTaskMetadataFailure(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MetadataURI += "/missing" })
+	err := h.l.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ssm: ECS task metadata: GET /task: 404") || len(h.api.Calls()) != 0 {
+		t.Errorf("Start = %v, calls %q", err, h.api.Calls())
+	}
+}

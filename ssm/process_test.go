@@ -1,0 +1,132 @@
+package ssm
+
+import (
+	"context"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// shellStarter runs script with /bin/sh in place of the agent, keeping the
+// pipe and process attributes the lifecycle set. Only tests call Wait.
+type shellStarter struct {
+	t      *testing.T
+	script string
+	mu     sync.Mutex
+	pgids  []int
+}
+
+type shellProc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	code int
+}
+
+func (s *shellStarter) Start(cmd *exec.Cmd) (Process, error) {
+	cmd.Path = "/bin/sh"
+	cmd.Args = append([]string{"sh", "-c", s.script}, cmd.Args...) // $0 = agent, $@ = its flags
+	cmd.Err = nil
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	pid := cmd.Process.Pid
+	s.t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	pgid, err := syscall.Getpgid(pid)
+	if err != nil {
+		s.t.Error(err)
+	}
+	s.mu.Lock()
+	s.pgids = append(s.pgids, pgid-pid)
+	s.mu.Unlock()
+	p := &shellProc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *shellProc) Pid() int                        { return p.cmd.Process.Pid }
+func (p *shellProc) Done() <-chan struct{}           { return p.done }
+func (p *shellProc) ExitCode() int                   { <-p.done; return p.code }
+func (p *shellProc) Signal(sig syscall.Signal) error { return syscall.Kill(p.Pid(), sig) }
+func (p *shellProc) Stop(ctx context.Context) (bool, error) {
+	syscall.Kill(-p.Pid(), syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return false, nil
+	case <-ctx.Done():
+		syscall.Kill(-p.Pid(), syscall.SIGKILL)
+		<-p.done
+		return true, nil
+	}
+}
+
+// TestStartLoggedRealProcess runs a real child whose grandchild keeps the
+// output pipe open: reading must stop shortly after the child is reaped,
+// each line must be one record, and the redacted string must not appear.
+func TestStartLoggedRealProcess(t *testing.T) {
+	logs := &syncBuffer{}
+	st := &shellStarter{t: t, script: `echo "2025-01-02 03:04:05.0000 INFO first"
+echo "2025-01-02 03:04:05.0000 ERROR code=` + testCode + `" >&2
+printf 'no newline at end'
+(sleep 30 &)
+exit 3`}
+	l := New(Config{}, nil, st, slog.New(slog.NewJSONHandler(logs, nil)))
+	l.drainDelay = 50 * time.Millisecond
+	var lines []string
+	p, out, err := l.startLogged(exec.Command("/nonexistent/amazon-ssm-agent"), "register", testCode, func(s string) { lines = append(lines, s) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-out:
+	case <-time.After(5 * time.Second):
+		t.Fatal("output reading did not stop after the child was reaped")
+	}
+	if p.ExitCode() != 3 {
+		t.Errorf("exit code %d", p.ExitCode())
+	}
+	want := []string{
+		"2025-01-02 03:04:05.0000 INFO first",
+		"2025-01-02 03:04:05.0000 ERROR code=[redacted]",
+		"no newline at end",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("lines = %q, want %q", lines, want)
+	}
+	if strings.Contains(logs.String(), testCode) {
+		t.Errorf("code logged")
+	}
+	recs := logs.records(t)
+	if len(recs) != 3 || recs[1]["level"] != "ERROR" || recs[0]["agent"] != want[0] || recs[0]["step"] != "register" {
+		t.Errorf("records = %v", recs)
+	}
+	if len(st.pgids) != 1 || st.pgids[0] != 0 {
+		t.Errorf("child not in its own process group: pgid-pid %v", st.pgids)
+	}
+}
+
+// TestRegisterRealProcess drives register with a shell script that plays
+// the agent: it writes the registration file and prints the success line.
+func TestRegisterRealProcess(t *testing.T) {
+	h := newHarness(t, nil)
+	h.l.start = &shellStarter{t: t, script: `
+set -e
+case " $* " in *" -y "*) ;; *) echo "Registration failed due to EOF"; exit 1;; esac
+mkdir -p "$ROOT/var/lib/amazon/ssm"
+printf '{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"us-east-1"}' > "$ROOT/var/lib/amazon/ssm/registration"
+echo "2025-01-02 03:04:05.0000 INFO Successfully registered the instance with AWS SSM using Managed instance-id: mi-0123456789abcdef0"
+`}
+	t.Setenv("ROOT", h.root)
+	h.l.agentPath = h.agent
+	id, _, err := h.l.register(context.Background(), "act-1", testCode)
+	if err != nil || id != "mi-0123456789abcdef0" {
+		t.Fatalf("register = %q, %v\n%s", id, err, h.logs)
+	}
+}

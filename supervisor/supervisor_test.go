@@ -1,0 +1,268 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestOrphansReaped(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		w    wrapper
+	}{
+		{"pid1", asPID1},
+		{"subreaper under tini -s", underTini},
+		{"subreaper under plain parent", plain},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runHelper(t, "orphans", tc.w, 0)
+			t.Logf("orphans reaped %s, children %s, %s ms (pid1=%s subreaper=%s)",
+				r.metric("orphans_reaped"), r.metric("children_reaped"), r.metric("elapsed_ms"),
+				r.metric("pid1"), r.metric("subreaper"))
+		})
+	}
+}
+
+func TestManyShortChildren(t *testing.T) {
+	r := runHelper(t, "many", asPID1, 0)
+	t.Logf("%s runs, %s distinct exit codes, %s orphan-maker runs, %s orphans reaped, %s ms",
+		r.metric("runs"), r.metric("distinct_codes"), r.metric("orphan_maker_runs"),
+		r.metric("orphans_reaped"), r.metric("elapsed_ms"))
+}
+
+func TestChildEnvironment(t *testing.T) {
+	t.Run("pid1", func(t *testing.T) {
+		runHelper(t, "childenv", asPID1, 0)
+	})
+	t.Run("pid1 started with blocked and ignored signals", func(t *testing.T) {
+		self, _ := os.Executable()
+		w := append(wrapper{self, "--"}, asPID1...)
+		r := runHelper(t, "childenv", w, 0, launchBlockEnv+"=1")
+		if r.metric("reexecuted") != "true" {
+			t.Fatalf("Setup did not re-exec with a blocked mask:\n%s", r.stdout)
+		}
+	})
+	t.Run("subreaper", func(t *testing.T) {
+		runHelper(t, "childenv", plain, 0)
+	})
+}
+
+func TestOutput(t *testing.T) {
+	r := runHelper(t, "output", asPID1, 0)
+	t.Logf("output copying ended %s ms after the reap (OutputDelay 300 ms) with a leftover holding the pipe",
+		r.metric("output_done_after_reap_ms"))
+}
+
+func TestSigtermAsPID1(t *testing.T) {
+	cmd := helperCmd(t, "sigterm", asPID1)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := lines(out)
+	var seen []string
+	expectLine(t, ch, "READY", &seen)
+	pid := initPid(t, cmd.Process.Pid)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expectLine(t, ch, "SHUTDOWN", &seen)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for l := range ch {
+		seen = append(seen, l)
+	}
+	err := cmd.Wait()
+	if err != nil || strings.Contains(strings.Join(seen, "\n"), "FAIL") {
+		t.Fatalf("init: %v; stdout %q; stderr:\n%s", err, seen, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "already shutting down") {
+		t.Fatalf("second SIGTERM not seen:\n%s", stderr.String())
+	}
+}
+
+func TestThirdSigintForcesExit(t *testing.T) {
+	cmd := helperCmd(t, "sigint", asPID1)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := lines(out)
+	var seen []string
+	expectLine(t, ch, "READY", &seen)
+	pid := initPid(t, cmd.Process.Pid)
+	syscall.Kill(pid, syscall.SIGINT)
+	expectLine(t, ch, "SHUTDOWN", &seen)
+	for range 2 {
+		// Same-numbered signals pending together merge into one.
+		time.Sleep(50 * time.Millisecond)
+		syscall.Kill(pid, syscall.SIGINT)
+	}
+	expectLine(t, ch, "FORCED", &seen)
+	for range ch {
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != ExitForced {
+		t.Fatalf("exit %v, want %d; stderr:\n%s", err, ExitForced, stderr.String())
+	}
+}
+
+func TestStopAndSteps(t *testing.T) {
+	r := runHelper(t, "stop", asPID1, 0)
+	t.Logf("Stop(TERM-ignoring) median %s ms for a %s ms deadline; Stop(sleep) median %s ms",
+		r.metric("stop_kill_median_ms"), r.metric("stop_kill_deadline_ms"), r.metric("stop_term_median_ms"))
+	t.Logf("RunSteps total %s ms of %s ms: stop agent %s ms, hang %s ms, deregister %s ms",
+		r.metric("steps_total_ms"), r.metric("steps_budget_ms"), r.metric("step_stop_agent_ms"),
+		r.metric("step_hang_ms"), r.metric("step_deregister_ms"))
+	for _, want := range []string{`"step":"deregister"`, `"duration_ms"`, `shutdown step cut short`} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("log lacks %s:\n%s", want, tail(r.stderr, 3000))
+		}
+	}
+}
+
+func TestSweep(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		w    wrapper
+	}{
+		{"pid1", asPID1},
+		{"subreaper", plain},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runHelper(t, "sweep", tc.w, 0)
+			t.Logf("Sweep %s ms (grace %s ms): signalled %s, killed %s",
+				r.metric("sweep_ms"), r.metric("sweep_grace_ms"), r.metric("signalled"), r.metric("killed"))
+		})
+	}
+}
+
+// --- in-process tests: no children, no wait4 in this process ---
+
+func TestExitCode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ws   unix.WaitStatus
+		want int
+	}{
+		{"exit 0", 0, 0},
+		{"exit 3", 3 << 8, 3},
+		{"exit 255", 255 << 8, 255},
+		{"SIGTERM", unix.WaitStatus(syscall.SIGTERM), 143},
+		{"SIGKILL", unix.WaitStatus(syscall.SIGKILL), 137},
+		{"SIGSEGV with core", unix.WaitStatus(syscall.SIGSEGV) | 0x80, 139},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := exitCode(tc.ws); got != tc.want {
+				t.Fatalf("exitCode(%#x) = %d, want %d", tc.ws, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFilterEnv(t *testing.T) {
+	s := &Supervisor{drop: map[string]bool{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": true, "SECRET": true}}
+	got := s.filterEnv([]string{
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/creds",
+		"SECRET=x", "SECRET_NOT=kept", "NOT_SECRET=kept", "SECRET", "PATH=/bin",
+	})
+	want := []string{"SECRET_NOT=kept", "NOT_SECRET=kept", "PATH=/bin"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("filterEnv = %q, want %q", got, want)
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	// A command name with spaces and parentheses must not shift fields.
+	line := "4242 (a) b (c) S 17 4242 4242 0 -1 4194560 97 0 0 0 0 0 0 0 20 0 1 0 987654 2363392 220 " +
+		"18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+	p, err := parseStat(4242, []byte(line))
+	if err != nil || p != (procInfo{pid: 4242, ppid: 17, state: 'S', start: 987654}) {
+		t.Fatalf("parseStat = %+v, %v", p, err)
+	}
+	if _, err := parseStat(1, []byte("1 (x) S 0")); err == nil {
+		t.Fatal("short stat accepted")
+	}
+	self, err := readStat(os.Getpid())
+	if err != nil || self.ppid != os.Getppid() || self.start == 0 {
+		t.Fatalf("readStat(self) = %+v, %v", self, err)
+	}
+}
+
+func TestRunStepsShares(t *testing.T) {
+	var logs strings.Builder
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	// An abandoned step keeps running beside later ones: lock what it shares.
+	var mu sync.Mutex
+	var deadlines []time.Duration
+	record := func(ret error, sleep time.Duration) func(context.Context) error {
+		return func(ctx context.Context) error {
+			d, _ := ctx.Deadline()
+			mu.Lock()
+			deadlines = append(deadlines, time.Until(d))
+			mu.Unlock()
+			if sleep > 0 {
+				time.Sleep(sleep)
+				return ret
+			}
+			return ret
+		}
+	}
+	t0 := time.Now()
+	res := RunSteps(context.Background(), log, 800*time.Millisecond, []Step{
+		{Name: "quick", Weight: 2, Run: record(nil, 0)},
+		{Name: "overrun", Weight: 1, Run: record(nil, 2*time.Second)},
+		{Name: "fails", Weight: 0, Run: record(errors.New("boom"), 0)},
+		{Name: "last", Weight: 1, Run: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }},
+	})
+	total := time.Since(t0)
+	mu.Lock()
+	defer mu.Unlock()
+	if total > 800*time.Millisecond+30*time.Millisecond {
+		t.Fatalf("took %v of 800ms", total)
+	}
+	// quick: 2/5 of 800ms; overrun: 1/3 of what quick left (~800ms).
+	if d := deadlines[0]; d < 300*time.Millisecond || d > 330*time.Millisecond {
+		t.Errorf("quick got %v, want ~320ms", d)
+	}
+	if d := deadlines[1]; d < 250*time.Millisecond || d > 270*time.Millisecond {
+		t.Errorf("overrun got %v, want ~266ms", d)
+	}
+	if !errors.Is(res[1].Err, context.DeadlineExceeded) || res[1].Duration > 300*time.Millisecond {
+		t.Errorf("overrun: %v after %v", res[1].Err, res[1].Duration)
+	}
+	if res[2].Err == nil || res[3].Err == nil || !errors.Is(res[3].Err, context.DeadlineExceeded) {
+		t.Errorf("results %+v", res)
+	}
+	if res[3].Duration < 200*time.Millisecond {
+		t.Errorf("last step got only %v", res[3].Duration)
+	}
+	for _, want := range []string{`"step":"last"`, `"duration_ms":`, `"msg":"shutdown step cut short"`, `"msg":"shutdown step failed"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s:\n%s", want, logs.String())
+		}
+	}
+
+	// A spent budget skips the remaining steps without running them.
+	ran := false
+	res = RunSteps(context.Background(), log, 0, []Step{{Name: "late", Run: func(context.Context) error { ran = true; return nil }}})
+	if ran || !errors.Is(res[0].Err, context.DeadlineExceeded) {
+		t.Fatalf("late step ran=%v err=%v", ran, res[0].Err)
+	}
+}

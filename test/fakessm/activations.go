@@ -1,0 +1,135 @@
+package fakessm
+
+import (
+	"fmt"
+	"sort"
+)
+
+// activationFilterKeys are the keys DescribeActivations accepts
+// (DescribeActivationsFilterKeys in the model).
+var activationFilterKeys = []string{"ActivationIds", "DefaultInstanceName", "IamRole"}
+
+// defaultActivationPage is the page size without MaxResults. The model
+// documents none; the fake uses 10 so that callers meet pagination.
+const defaultActivationPage = 10
+
+// describeActivations lists the activations that are not deleted (expired
+// ones included, with Expired true), oldest first. Filters are ANDed, the
+// values of one filter ORed; values match exactly.
+func (s *Server) describeActivations(c *call) (any, *apiError) {
+	var in struct {
+		Filters []struct {
+			FilterKey    *string
+			FilterValues []string
+		}
+		MaxResults *int
+		NextToken  *string
+	}
+	if e := c.decode(&in); e != nil {
+		return nil, e
+	}
+	var filters []filter
+	for _, f := range in.Filters {
+		switch {
+		case f.FilterKey == nil || !contains(activationFilterKeys, *f.FilterKey):
+			key := "null"
+			if f.FilterKey != nil {
+				key = *f.FilterKey
+			}
+			return nil, errModeled("InvalidFilter", "The filter key %s is not valid. Valid filter keys include: [ActivationIds, DefaultInstanceName, IamRole].", key)
+		case len(f.FilterValues) == 0:
+			return nil, errModeled("InvalidFilter", "The filter %s has no values.", *f.FilterKey)
+		}
+		filters = append(filters, filter{*f.FilterKey, f.FilterValues})
+	}
+	limit := defaultActivationPage
+	if in.MaxResults != nil {
+		limit = *in.MaxResults
+		if limit < 1 || limit > 50 {
+			return nil, validationErr(limit, "maxResults", "Member must have value between 1 and 50")
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var matched []*Activation
+	for _, a := range s.activations {
+		if !a.Deleted && activationMatches(a, filters) {
+			matched = append(matched, a)
+		}
+	}
+	sort.Slice(matched, func(i, j int) bool { return activationBefore(matched[i], matched[j]) })
+	// The token is opaque to clients; it carries the id to resume after.
+	start := 0
+	if in.NextToken != nil {
+		after, err := decodeToken(*in.NextToken)
+		if err != nil {
+			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+		}
+		last, ok := s.activations[after]
+		if !ok {
+			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+		}
+		start = len(matched)
+		for i, a := range matched {
+			if activationBefore(last, a) {
+				start = i
+				break
+			}
+		}
+	}
+	end := min(start+limit, len(matched))
+	now := s.opts.Clock()
+	list := make([]map[string]any, 0, end-start)
+	for _, a := range matched[start:end] {
+		m := map[string]any{
+			"ActivationId":       a.ActivationID,
+			"IamRole":            a.IamRole,
+			"RegistrationLimit":  a.RegistrationLimit,
+			"RegistrationsCount": a.RegistrationsCount,
+			"ExpirationDate":     epoch(a.ExpirationDate),
+			"Expired":            !now.Before(a.ExpirationDate),
+			"CreatedDate":        epoch(a.CreatedDate),
+			"Tags":               append([]Tag{}, a.Tags...),
+		}
+		if a.Description != "" {
+			m["Description"] = a.Description
+		}
+		if a.DefaultInstanceName != "" {
+			m["DefaultInstanceName"] = a.DefaultInstanceName
+		}
+		list = append(list, m)
+	}
+	out := map[string]any{"ActivationList": list}
+	if end < len(matched) {
+		out["NextToken"] = encodeToken(matched[end-1].ActivationID)
+	}
+	return out, nil
+}
+
+func activationBefore(a, b *Activation) bool {
+	if !a.CreatedDate.Equal(b.CreatedDate) {
+		return a.CreatedDate.Before(b.CreatedDate)
+	}
+	return a.ActivationID < b.ActivationID
+}
+
+func activationMatches(a *Activation, filters []filter) bool {
+	for _, f := range filters {
+		var field string
+		switch f.key {
+		case "ActivationIds":
+			field = a.ActivationID
+		case "DefaultInstanceName":
+			field = a.DefaultInstanceName
+		case "IamRole":
+			field = a.IamRole
+		default:
+			panic(fmt.Sprintf("fakessm: unchecked activation filter key %q", f.key))
+		}
+		if !contains(f.values, field) {
+			return false
+		}
+	}
+	return true
+}

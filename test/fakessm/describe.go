@@ -1,0 +1,225 @@
+package fakessm
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// filterKeys are the keys DescribeInstanceInformation accepts in Filters
+// (besides tag:<key>); the first eight are also the legacy keys.
+var filterKeys = []string{"InstanceIds", "AgentVersion", "PingStatus", "PlatformTypes", "ActivationIds",
+	"IamRole", "ResourceType", "AssociationStatus", "SourceIds", "SourceTypes", "tag-key"}
+
+type filter struct {
+	key    string
+	values []string
+}
+
+func (s *Server) describeInstanceInformation(c *call) (any, *apiError) {
+	var in struct {
+		Filters []struct {
+			Key    *string
+			Values []string
+		}
+		InstanceInformationFilterList []struct {
+			Key      *string  `json:"key"`
+			ValueSet []string `json:"valueSet"`
+		}
+		MaxResults *int
+		NextToken  *string
+	}
+	if e := c.decode(&in); e != nil {
+		return nil, e
+	}
+	if in.Filters != nil && in.InstanceInformationFilterList != nil {
+		return nil, errModeled("InvalidInstanceInformationFilterValue",
+			"InstanceInformationFilterList and Filters can't be used in the same request.")
+	}
+	var filters []filter
+	for i, f := range in.Filters {
+		if f.Key == nil {
+			return nil, validationErr("null", fmt.Sprintf("filters.%d.member.key", i+1), "Member must not be null")
+		}
+		if len(f.Values) < 1 || len(f.Values) > 100 {
+			return nil, validationErr(f.Values, fmt.Sprintf("filters.%d.member.values", i+1), "Member must have length between 1 and 100")
+		}
+		if !strings.HasPrefix(*f.Key, "tag:") && !contains(filterKeys, *f.Key) {
+			return nil, errModeled("InvalidFilterKey", "The filter key %s is not valid.", *f.Key)
+		}
+		filters = append(filters, filter{*f.Key, f.Values})
+	}
+	for i, f := range in.InstanceInformationFilterList {
+		if f.Key == nil {
+			return nil, validationErr("null", fmt.Sprintf("instanceInformationFilterList.%d.member.key", i+1), "Member must not be null")
+		}
+		if !contains(filterKeys[:8], *f.Key) {
+			return nil, validationErr(*f.Key, fmt.Sprintf("instanceInformationFilterList.%d.member.key", i+1),
+				"Member must satisfy enum value set: [InstanceIds, AgentVersion, PingStatus, PlatformTypes, ActivationIds, IamRole, ResourceType, AssociationStatus]")
+		}
+		if len(f.ValueSet) < 1 || len(f.ValueSet) > 100 {
+			return nil, errModeled("InvalidInstanceInformationFilterValue", "The filter value set is empty or too large.")
+		}
+		filters = append(filters, filter{*f.Key, f.ValueSet})
+	}
+	tagFilters, otherFilters := 0, 0
+	for _, f := range filters {
+		if strings.HasPrefix(f.key, "tag:") || f.key == "tag-key" {
+			tagFilters++
+		} else {
+			otherFilters++
+		}
+		if f.key == "PingStatus" {
+			for _, v := range f.values {
+				if v != PingOnline && v != PingConnectionLost && v != PingInactive {
+					return nil, errModeled("InvalidInstanceInformationFilterValue", "The filter value %s is not valid for key PingStatus.", v)
+				}
+			}
+		}
+		if f.key == "ResourceType" {
+			for _, v := range f.values {
+				if v != "ManagedInstance" && v != "EC2Instance" {
+					return nil, errModeled("InvalidInstanceInformationFilterValue", "The filter value %s is not valid for key ResourceType.", v)
+				}
+			}
+		}
+	}
+	if tagFilters > 0 && otherFilters > 0 {
+		return nil, errModeled("InvalidInstanceInformationFilterValue", "Tag filters can't be combined with other filter keys.")
+	}
+	limit := 10
+	if in.MaxResults != nil {
+		limit = *in.MaxResults
+		if limit < 5 || limit > 50 {
+			return nil, validationErr(limit, "maxResults", "Member must have value between 5 and 50")
+		}
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var matched []*Instance
+	for _, id := range s.sortedInstanceIDs() {
+		inst := s.instances[id]
+		if s.matches(inst, filters) {
+			matched = append(matched, inst)
+		}
+	}
+	// The token is opaque to clients; it carries the id to resume after.
+	start := 0
+	if in.NextToken != nil {
+		after, err := decodeToken(*in.NextToken)
+		if err != nil {
+			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+		}
+		start = len(matched)
+		for i, inst := range matched {
+			if inst.InstanceID > after {
+				start = i
+				break
+			}
+		}
+	}
+	end := min(start+limit, len(matched))
+	list := make([]map[string]any, 0, end-start)
+	for _, inst := range matched[start:end] {
+		list = append(list, s.infoJSON(inst))
+	}
+	out := map[string]any{"InstanceInformationList": list}
+	if end < len(matched) {
+		out["NextToken"] = encodeToken(matched[end-1].InstanceID)
+	}
+	return out, nil
+}
+
+func (s *Server) matches(inst *Instance, filters []filter) bool {
+	for _, f := range filters {
+		var field []string
+		switch f.key {
+		case "InstanceIds", "SourceIds":
+			field = []string{inst.InstanceID}
+		case "AgentVersion":
+			field = []string{inst.AgentVersion}
+		case "PingStatus":
+			field = []string{s.pingStatus(inst)}
+		case "PlatformTypes":
+			field = []string{inst.PlatformType}
+		case "ActivationIds":
+			field = []string{inst.ActivationID}
+		case "IamRole":
+			field = []string{inst.IamRole}
+		case "ResourceType":
+			field = []string{inst.ResourceType}
+		case "SourceTypes":
+			field = []string{"AWS::SSM::ManagedInstance"}
+		case "tag-key":
+			for _, t := range inst.Tags {
+				field = append(field, t.Key)
+			}
+		case "AssociationStatus":
+			// associations are not modelled: nothing matches
+		default: // tag:<key>
+			key := strings.TrimPrefix(f.key, "tag:")
+			for _, t := range inst.Tags {
+				if t.Key == key {
+					field = append(field, t.Value)
+				}
+			}
+		}
+		hit := false
+		for _, v := range f.values {
+			if contains(field, v) {
+				hit = true
+				break
+			}
+		}
+		if !hit {
+			return false
+		}
+	}
+	return true
+}
+
+// infoJSON is an InstanceInformation entry; s.mu is held.
+func (s *Server) infoJSON(inst *Instance) map[string]any {
+	m := map[string]any{
+		"InstanceId":       inst.InstanceID,
+		"PingStatus":       s.pingStatus(inst),
+		"ResourceType":     inst.ResourceType,
+		"RegistrationDate": epoch(inst.RegistrationDate),
+		"IsLatestVersion":  false,
+		"SourceId":         inst.InstanceID,
+		"SourceType":       "AWS::SSM::ManagedInstance",
+	}
+	if !inst.LastPing.IsZero() {
+		m["LastPingDateTime"] = epoch(inst.LastPing)
+	}
+	for k, v := range map[string]string{
+		"ActivationId": inst.ActivationID, "IamRole": inst.IamRole, "Name": inst.Name,
+		"AgentVersion": inst.AgentVersion, "PlatformType": inst.PlatformType, "PlatformName": inst.PlatformName,
+		"PlatformVersion": inst.PlatformVersion, "IPAddress": inst.IPAddress, "ComputerName": inst.ComputerName,
+	} {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func encodeToken(afterID string) string {
+	raw, _ := json.Marshal(map[string]string{"after": afterID, "v": strconv.Itoa(1)})
+	return base64.StdEncoding.EncodeToString(raw)
+}
+
+func decodeToken(tok string) (string, error) {
+	raw, err := base64.StdEncoding.DecodeString(tok)
+	if err != nil {
+		return "", fmt.Errorf("decode token: %w", err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(raw, &m); err != nil || m["after"] == "" {
+		return "", fmt.Errorf("bad token")
+	}
+	return m["after"], nil
+}

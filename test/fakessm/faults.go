@@ -1,0 +1,220 @@
+package fakessm
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+	"time"
+)
+
+// AnyOp makes a fault or delay apply to every operation.
+const AnyOp = "*"
+
+// Fault is an injected error response.
+type Fault struct {
+	// Count is how many calls fail; <= 0 means every call until ClearFaults.
+	Count int `json:"count"`
+	// Code is the __type returned, e.g. ThrottlingException.
+	Code string `json:"code"`
+	// Message overrides the realistic default message for Code.
+	Message string `json:"message,omitempty"`
+	// Status overrides the HTTP status (default 500 for InternalServerError,
+	// ServiceUnavailable 503, else 400).
+	Status int `json:"status,omitempty"`
+}
+
+type fault struct {
+	Fault
+	remaining int // -1 = forever
+}
+
+type delay struct {
+	d         time.Duration
+	remaining int // -1 = forever
+}
+
+// modeledCodes are SSM's own exception shapes (their body carries "Message").
+var modeledCodes = map[string]bool{
+	"InternalServerError": true, "InvalidActivation": true, "InvalidActivationId": true,
+	"ActivationExpired": true, "RegistrationLimitExceeded": true, "InvalidInstanceId": true,
+	"InvalidNextToken": true, "InvalidFilterKey": true, "InvalidFilter": true, "InvalidInstanceInformationFilterValue": true,
+	"InvalidResourceId": true, "InvalidResourceType": true, "TooManyTagsError": true,
+	"TooManyUpdates": true, "ServiceSettingNotFound": true, "InvalidParameters": true,
+}
+
+// FailNext makes the next n calls to op (or AnyOp) fail with code. Messages
+// are realistic for well-known codes, e.g. AccessDeniedException names the
+// action the way IAM does.
+func (s *Server) FailNext(op string, n int, code string) {
+	if n <= 0 {
+		return
+	}
+	s.Inject(op, Fault{Count: n, Code: code})
+}
+
+// Inject installs a fault for op (or AnyOp). Faults queue up in order.
+func (s *Server) Inject(op string, f Fault) {
+	rem := f.Count
+	if rem <= 0 {
+		rem = -1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults[op] = append(s.faults[op], &fault{Fault: f, remaining: rem})
+}
+
+// ClearFaults removes every pending fault, delay and the rate limit.
+func (s *Server) ClearFaults() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = map[string][]*fault{}
+	s.delays = map[string]*delay{}
+	s.bucket = nil
+}
+
+// Delay makes every call to op (or AnyOp) wait d before being processed,
+// until Delay(op, 0). The wait ends early when the client gives up (request
+// context ends), in which case nothing is answered.
+func (s *Server) Delay(op string, d time.Duration) { s.DelayNext(op, -1, d) }
+
+// DelayNext delays only the next n calls to op; n < 0 means all.
+func (s *Server) DelayNext(op string, n int, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d <= 0 || n == 0 {
+		delete(s.delays, op)
+		return
+	}
+	s.delays[op] = &delay{d: d, remaining: n}
+}
+
+// RateLimit throttles all API calls beyond perSecond (token bucket with a
+// burst of max(1, perSecond)) with ThrottlingException "Rate exceeded".
+// perSecond <= 0 removes the limit.
+func (s *Server) RateLimit(perSecond float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if perSecond <= 0 {
+		s.bucket = nil
+		return
+	}
+	burst := math.Max(1, perSecond)
+	s.bucket = &tokenBucket{rate: perSecond, burst: burst, tokens: burst, last: time.Now()}
+}
+
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func (s *Server) takeToken() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.bucket
+	if b == nil {
+		return true
+	}
+	now := time.Now()
+	b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func (s *Server) nextDelay(op string) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, key := range []string{op, AnyOp} {
+		d := s.delays[key]
+		if d == nil {
+			continue
+		}
+		if d.remaining > 0 {
+			d.remaining--
+			if d.remaining == 0 {
+				delete(s.delays, key)
+			}
+		}
+		return d.d
+	}
+	return 0
+}
+
+func (s *Server) nextFault(op string) *apiError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, key := range []string{op, AnyOp} {
+		q := s.faults[key]
+		if len(q) == 0 {
+			continue
+		}
+		f := q[0]
+		if f.remaining > 0 {
+			f.remaining--
+			if f.remaining == 0 {
+				s.faults[key] = q[1:]
+			}
+		}
+		return s.faultError(op, f.Fault)
+	}
+	return nil
+}
+
+// faultError builds the response for an injected fault; s.mu is held.
+func (s *Server) faultError(op string, f Fault) *apiError {
+	status := f.Status
+	if status == 0 {
+		switch f.Code {
+		case "InternalServerError", "InternalFailure":
+			status = http.StatusInternalServerError
+		case "ServiceUnavailable":
+			status = http.StatusServiceUnavailable
+		default:
+			status = http.StatusBadRequest
+		}
+	}
+	msg := f.Message
+	if msg == "" {
+		msg = s.defaultMessage(op, f.Code)
+	}
+	return &apiError{Status: status, Code: f.Code, Msg: msg, Modeled: modeledCodes[f.Code]}
+}
+
+func (s *Server) defaultMessage(op, code string) string {
+	switch code {
+	case "ThrottlingException":
+		return "Rate exceeded"
+	case "AccessDeniedException":
+		resource := fmt.Sprintf("arn:aws:ssm:%s:%s:*", s.opts.Region, s.opts.AccountID)
+		if op == "CreateActivation" {
+			resource = fmt.Sprintf("arn:aws:ssm:%s:%s:activation/*", s.opts.Region, s.opts.AccountID)
+		}
+		return fmt.Sprintf("User: arn:aws:sts::%s:assumed-role/bastion-task/0f1e2d3c4b5a69788796a5b4c3d2e1f0 "+
+			"is not authorized to perform: ssm:%s on resource: %s because no identity-based policy allows the ssm:%s action",
+			s.opts.AccountID, op, resource, op)
+	case "InternalServerError":
+		return "An internal error occurred."
+	case "InvalidActivation":
+		return "Activation ID is not valid. Verify the you entered the correct ActivationId or ActivationCode and try again."
+	case "InvalidActivationId":
+		return "The activation ID is not valid. Verify the you entered the correct ActivationId or ActivationCode and try again."
+	case "ActivationExpired":
+		return "Activation has expired."
+	case "RegistrationLimitExceeded":
+		return "Registration limit of the activation has been reached."
+	case "InvalidInstanceId":
+		return "Instance Id is not valid."
+	case "InvalidFilter":
+		return "The filter name isn't valid. Verify that you entered the correct name and try again."
+	case "TooManyUpdates":
+		return "There are concurrent updates for a resource that supports one update at a time."
+	case "UnrecognizedClientException":
+		return "The security token included in the request is invalid."
+	case "ServiceUnavailable":
+		return "Service Unavailable"
+	}
+	return "injected fault"
+}

@@ -1,0 +1,253 @@
+// Package harness runs the real bastion binary and real peers (the OpenSSH
+// client and server, TCP services) for end-to-end tests. Product code never
+// imports it.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// RequireTools fails the test loudly when a peer it needs is missing:
+// a skipped end-to-end test would pass silently.
+func RequireTools(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Fatalf("required tool %q not found on PATH (install it: .ci/run does): %v", n, err)
+		}
+	}
+}
+
+// RequireRoot fails unless the test runs as root (namespaces, sshd).
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("this test needs root (PID/mount namespaces, sshd); run the suite as root as .ci/run does")
+	}
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// ModuleRoot is the repository root.
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+// Build builds the bastion binary (and the fake agent) once per test
+// process, statically, as the contract's build command does.
+func Build(t testing.TB) (bastion, fakeAgentDir string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		root := ModuleRoot(t)
+		buildDir, buildErr = os.MkdirTemp("", "bastion-e2e-")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []struct{ out, pkg string }{
+			{filepath.Join(buildDir, "bastion"), "./cmd/bastion"},
+			{filepath.Join(buildDir, "agent", "amazon-ssm-agent"), "./test/fakeagent"},
+		} {
+			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, "bastion"), filepath.Join(buildDir, "agent")
+}
+
+// Cleanup removes the build directory; call from TestMain.
+func Cleanup() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+}
+
+// LogBuffer collects a process's output and lets tests wait for lines.
+type LogBuffer struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	cond *sync.Cond
+}
+
+func newLogBuffer() *LogBuffer {
+	l := &LogBuffer{}
+	l.cond = sync.NewCond(&l.mu)
+	return l
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, err := l.buf.Write(p)
+	l.cond.Broadcast()
+	return n, err
+}
+
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// Lines returns the JSON log lines parsed; non-JSON lines are returned with
+// key "raw".
+func (l *LogBuffer) Lines() []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(l.String()))
+	sc.Buffer(make([]byte, 0, 64*1024), 4<<20)
+	for sc.Scan() {
+		m := map[string]any{}
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			m = map[string]any{"raw": sc.Text()}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Find returns the log lines whose msg is msg and whose fields include all
+// of match (compared as text).
+func (l *LogBuffer) Find(msg string, match map[string]string) []map[string]any {
+	var out []map[string]any
+	for _, m := range l.Lines() {
+		if m["msg"] != msg {
+			continue
+		}
+		ok := true
+		for k, v := range match {
+			if fmt.Sprint(m[k]) != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WaitFor waits until a log line with msg and match appears.
+func (l *LogBuffer) WaitFor(t testing.TB, timeout time.Duration, msg string, match map[string]string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if found := l.Find(msg, match); len(found) > 0 {
+			return found[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q %v within %v; log:\n%s", msg, match, timeout, l.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Proc is a started process with its combined output.
+type Proc struct {
+	Cmd  *exec.Cmd
+	Log  *LogBuffer
+	done chan struct{}
+	err  error
+}
+
+// Start starts cmd with output captured (unless already redirected); it is killed (its process group)
+// at test end if still running.
+func Start(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	p := &Proc{Cmd: cmd, Log: newLogBuffer(), done: make(chan struct{})}
+	// Output the caller already took (StdoutPipe) stays with the caller.
+	if cmd.Stdout == nil {
+		cmd.Stdout = p.Log
+	}
+	if cmd.Stderr == nil {
+		cmd.Stderr = p.Log
+	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+	})
+	return p
+}
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig syscall.Signal) { p.Cmd.Process.Signal(sig) }
+
+// Wait waits up to timeout for exit and returns the exit code (-1 on
+// timeout, 128+n when killed by signal n).
+func (p *Proc) Wait(timeout time.Duration) int {
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		return -1
+	}
+	ws, ok := p.Cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return p.Cmd.ProcessState.ExitCode()
+}
+
+// Done is closed when the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// FreePort returns a TCP port free on 127.0.0.1 at the time of the call.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// BaseEnv is the minimal environment the binary gets: the test process's
+// own variables never leak in.
+func BaseEnv(extra map[string]string) []string {
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=/root"}
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	return env
+}

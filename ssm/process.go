@@ -75,20 +75,26 @@ func (l *Lifecycle) startLogged(cmd *exec.Cmd, step, redact string, onLine func(
 	go func() {
 		defer close(done)
 		defer r.Close()
+		emit := func(line string) { l.agentLine(step, line, redact, onLine) }
 		br := bufio.NewReaderSize(r, 64<<10)
 		for {
 			chunk, err := br.ReadSlice('\n')
-			if errors.Is(err, bufio.ErrBufferFull) {
+			if err == nil || errors.Is(err, bufio.ErrBufferFull) {
 				// An overlong line is logged in pieces.
-				l.agentLine(step, string(chunk), redact, onLine)
+				emit(string(chunk))
 				continue
 			}
-			if len(chunk) > 0 {
-				l.agentLine(step, string(chunk), redact, onLine)
+			rest := string(chunk) // all that was buffered
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// The child was reaped, so everything it wrote is already in
+				// the pipe: take that without waiting for the writers it
+				// left behind.
+				rest += string(drainPipe(r))
 			}
-			if err != nil {
-				return
+			for _, line := range strings.SplitAfter(rest, "\n") {
+				emit(line)
 			}
+			return
 		}
 	}()
 	go func() {
@@ -106,6 +112,32 @@ func (l *Lifecycle) startLogged(cmd *exec.Cmd, step, redact string, onLine func(
 		}
 	}()
 	return p, done, nil
+}
+
+// maxDrain bounds drainPipe: a worker the child left behind may keep writing.
+const maxDrain = 1 << 20
+
+// drainPipe returns what is in the pipe now, without waiting for more.
+func drainPipe(f *os.File) []byte {
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var out []byte
+	buf := make([]byte, 32<<10)
+	for len(out) < maxDrain {
+		var n int
+		var rerr error
+		// Returning true never parks: an empty pipe ends the loop with EAGAIN.
+		if err := rc.Read(func(fd uintptr) bool { n, rerr = syscall.Read(int(fd), buf); return true }); err != nil || rerr != nil || n <= 0 {
+			break
+		}
+		out = append(out, buf[:n]...)
+	}
+	return out
 }
 
 // agentLine logs one line of the agent's output at a level guessed from

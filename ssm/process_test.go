@@ -2,8 +2,10 @@ package ssm
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -129,4 +131,52 @@ echo "2025-01-02 03:04:05.0000 INFO Successfully registered the instance with AW
 	if err != nil || id != "mi-0123456789abcdef0" {
 		t.Fatalf("register = %q, %v\n%s", id, err, h.logs)
 	}
+}
+
+// TestStartLoggedKeepsOutputOfExitedChild: what the child wrote before it
+// exited is read even when reading is cut at once (drainDelay 0) and a
+// grandchild keeps the pipe open, so EOF never comes. Reading it depends on
+// nothing being scheduled in time: this once lost the agent's "Successfully
+// registered" line under load.
+func TestStartLoggedKeepsOutputOfExitedChild(t *testing.T) {
+	const lines = 300
+	for run := 0; run < 20; run++ {
+		st := &shellStarter{t: t, script: `i=0; while [ $i -lt ` + strconv.Itoa(lines) + ` ]; do echo "2025-01-02 03:04:05.0000 INFO line $i"; i=$((i+1)); done
+(sleep 30 &)
+printf 'last, no newline'`}
+		l := New(Config{}, nil, st, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+		l.drainDelay = 0
+		var got []string
+		_, out, err := l.startLogged(exec.Command("/nonexistent/amazon-ssm-agent"), "register", "", func(s string) { got = append(got, s) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-out:
+		case <-time.After(10 * time.Second):
+			t.Fatal("output reading did not stop after the child was reaped")
+		}
+		if len(got) != lines+1 || got[0] != "2025-01-02 03:04:05.0000 INFO line 0" || got[lines] != "last, no newline" {
+			t.Fatalf("run %d: %d lines, first %q, last %q", run, len(got), first(got), last(got))
+		}
+		for i := 0; i < lines; i++ {
+			if want := "2025-01-02 03:04:05.0000 INFO line " + strconv.Itoa(i); got[i] != want {
+				t.Fatalf("run %d: line %d = %q, want %q", run, i, got[i], want)
+			}
+		}
+	}
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
+func last(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[len(s)-1]
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bastion-dev/bastion/internal/pipes"
 )
 
 // Process is a child started through a Starter. Its owner (the supervisor)
@@ -47,6 +49,10 @@ const (
 // reaped: the pipe's write end may be held by workers that outlive it, so
 // EOF is never waited for unconditionally.
 const drainDelay = 500 * time.Millisecond
+
+// maxDrain bounds what is taken from the pipe after that delay: a worker the
+// child left behind may keep writing.
+const maxDrain = 1 << 20
 
 // startLogged starts cmd in its own process group with stdout and stderr on
 // a pipe owned here. Each output line becomes one log record (field
@@ -89,7 +95,7 @@ func (l *Lifecycle) startLogged(cmd *exec.Cmd, step, redact string, onLine func(
 				// The child was reaped, so everything it wrote is already in
 				// the pipe: take that without waiting for the writers it
 				// left behind.
-				rest += string(drainPipe(r))
+				rest += string(pipes.ReadBuffered(r, maxDrain))
 			}
 			for _, line := range strings.SplitAfter(rest, "\n") {
 				emit(line)
@@ -112,32 +118,6 @@ func (l *Lifecycle) startLogged(cmd *exec.Cmd, step, redact string, onLine func(
 		}
 	}()
 	return p, done, nil
-}
-
-// maxDrain bounds drainPipe: a worker the child left behind may keep writing.
-const maxDrain = 1 << 20
-
-// drainPipe returns what is in the pipe now, without waiting for more.
-func drainPipe(f *os.File) []byte {
-	if err := f.SetReadDeadline(time.Time{}); err != nil {
-		return nil
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	var out []byte
-	buf := make([]byte, 32<<10)
-	for len(out) < maxDrain {
-		var n int
-		var rerr error
-		// Returning true never parks: an empty pipe ends the loop with EAGAIN.
-		if err := rc.Read(func(fd uintptr) bool { n, rerr = syscall.Read(int(fd), buf); return true }); err != nil || rerr != nil || n <= 0 {
-			break
-		}
-		out = append(out, buf[:n]...)
-	}
-	return out
 }
 
 // agentLine logs one line of the agent's output at a level guessed from

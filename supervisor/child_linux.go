@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bastion-dev/bastion/internal/pipes"
 )
 
 // killWait is how long Stop waits for the reaper after SIGKILL.
@@ -21,6 +24,10 @@ const killWait = 2 * time.Second
 
 // maxLine bounds one copied line; longer lines are passed on in pieces.
 const maxLine = 64 << 10
+
+// maxDrain bounds what is taken from a pipe once OutputDelay is over: a
+// process the child left behind may keep writing.
+const maxDrain = 1 << 20
 
 // Child is a process started by Supervisor.Start.
 type Child struct {
@@ -291,7 +298,8 @@ func (c *Child) copyOutput(copies []pipeCopy) {
 
 // copyLines copies r to dst line by line until EOF, or until OutputDelay after
 // the child was reaped: then a read deadline (os.Pipe files are pollable)
-// ends the read and the pipe is closed. Later writes by leftover processes
+// ends the blocking read, what is already in the pipe is copied, and the
+// pipe is closed. Later writes by leftover processes
 // get EPIPE, as with exec.Cmd.WaitDelay.
 func (c *Child) copyLines(r *os.File, dst io.Writer) {
 	finished := make(chan struct{})
@@ -311,19 +319,35 @@ func (c *Child) copyLines(r *os.File, dst io.Writer) {
 		case <-finished:
 		}
 	}()
+	write := func(b []byte) {
+		if len(b) == 0 {
+			return
+		}
+		if _, werr := dst.Write(b); werr != nil {
+			c.s.log.Debug("supervisor: child output dropped", "pid", c.pid, "err", werr)
+		}
+	}
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
 		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			if _, werr := dst.Write(line); werr != nil {
-				c.s.log.Debug("supervisor: child output dropped", "pid", c.pid, "err", werr)
-			}
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
+		if err == nil || errors.Is(err, bufio.ErrBufferFull) {
+			write(line)
 			continue
 		}
-		if err != nil {
-			return
+		rest := append([]byte(nil), line...) // all that was buffered
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The child was reaped, so all it wrote is in the pipe already;
+			// take that without waiting for the writers it left behind.
+			rest = append(rest, pipes.ReadBuffered(r, maxDrain)...)
 		}
+		for len(rest) > 0 {
+			n := bytes.IndexByte(rest, '\n') + 1
+			if n == 0 || n > maxLine {
+				n = min(len(rest), maxLine)
+			}
+			write(rest[:n])
+			rest = rest[n:]
+		}
+		return
 	}
 }

@@ -547,6 +547,17 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// slowWriter takes delay per Write.
+type slowWriter struct {
+	lockedBuffer
+	delay time.Duration
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(w.delay)
+	return w.lockedBuffer.Write(p)
+}
+
 // helperOutput: output to a non-*os.File writer arrives line by line; Done
 // does not wait for it; copying stops OutputDelay after the reap even while a
 // leftover process holds the pipe; refused and failing starts leave nothing.
@@ -599,6 +610,26 @@ func helperOutput(h *helper) int {
 		h.failf("stderr %q", errw.String())
 	}
 
+	// A slow destination: the copier is still behind when OutputDelay ends,
+	// with the last part of the output still in the pipe and a leftover
+	// holding it open. Everything the child wrote arrives anyway.
+	slow := &slowWriter{delay: 5 * time.Millisecond}
+	cmd = sh(`i=0; while [ $i -lt 300 ]; do printf '%04d %0995d\n' $i 0; i=$((i+1)); done; (sleep 5 &)`)
+	cmd.Stdout, cmd.Stderr = slow, slow
+	if c, err = s.Start(cmd); err != nil {
+		h.failf("start: %v", err)
+		return 1
+	}
+	h.wait(c, 10*time.Second)
+	select {
+	case <-c.OutputDone():
+	case <-time.After(10 * time.Second):
+		h.failf("slow output not done")
+	}
+	if lines := strings.Split(strings.TrimSuffix(slow.String(), "\n"), "\n"); len(lines) != 300 || !strings.HasPrefix(lines[299], "0299 ") || len(lines[299]) != 1000 {
+		h.failf("slow destination: %d lines, last %.10q", len(lines), lines[len(lines)-1])
+	}
+
 	// Refused or failing starts.
 	if _, err := s.Start(exec.Command("/nonexistent/agent")); err == nil {
 		h.failf("start of a missing binary succeeded")
@@ -611,7 +642,7 @@ func helperOutput(h *helper) int {
 	if _, err := s.Start(exec.CommandContext(context.Background(), "true")); err == nil {
 		h.failf("CommandContext accepted")
 	}
-	if res, err := s.Sweep(context.Background(), time.Second); err != nil || res.Signalled != 1 {
+	if res, err := s.Sweep(context.Background(), time.Second); err != nil || res.Signalled != 2 {
 		h.failf("sweep of the leftover sleep: %+v %v", res, err)
 	}
 	if left := others(); len(left) != 0 {

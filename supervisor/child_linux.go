@@ -299,8 +299,8 @@ func (c *Child) copyOutput(copies []pipeCopy) {
 // copyLines copies r to dst line by line until EOF, or until OutputDelay after
 // the child was reaped: then a read deadline (os.Pipe files are pollable)
 // ends the blocking read, what is already in the pipe is copied, and the
-// pipe is closed. Later writes by leftover processes
-// get EPIPE, as with exec.Cmd.WaitDelay.
+// pipe is closed. Later writes by leftover processes get EPIPE, as with
+// exec.Cmd.WaitDelay.
 func (c *Child) copyLines(r *os.File, dst io.Writer) {
 	finished := make(chan struct{})
 	defer close(finished)

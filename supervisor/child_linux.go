@@ -175,8 +175,10 @@ func (c *Child) Signal(sig syscall.Signal) error {
 	defer c.s.reapMu.RUnlock()
 	target := c.pid
 	if c.leader {
-		// The group id stays allocated while any member lives, so this is
-		// safe even after the leader was reaped.
+		// The group id cannot be handed out again while any member lives,
+		// so this reaches the leftovers even after the leader was reaped;
+		// once all are gone it is ESRCH unless the pids have wrapped around
+		// (pid_max forks) in between.
 		target = -c.pid
 	} else if c.reaped {
 		return nil // the pid may belong to someone else now

@@ -22,8 +22,7 @@ func dualEcho(t *testing.T) int {
 			ln.Close()
 			continue
 		}
-		ln6.Close()
-		harness.Serve(t, "tcp6", fmt.Sprintf("[::1]:%d", port), harness.Echo)
+		harness.ServeListener(t, ln6, harness.Echo)
 		return port
 	}
 	t.Fatal("no port free on both 127.0.0.1 and ::1")

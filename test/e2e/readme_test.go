@@ -41,7 +41,12 @@ func readmeRunCommand(t *testing.T) string {
 }
 
 // listenInNetns opens a TCP listener inside the network namespace of pid:
-// the socket keeps its namespace after the thread that made it is gone.
+// the socket keeps its namespace after the thread that made it went back.
+//
+// The thread must go back and be unlocked, not be left locked for the
+// runtime to discard: the harness starts processes with Pdeathsig, which
+// fires when the forking *thread* ends, so a discarded thread would SIGKILL
+// whatever other tests had started from it.
 func listenInNetns(t *testing.T, pid int, addr string) net.Listener {
 	t.Helper()
 	type result struct {
@@ -50,27 +55,40 @@ func listenInNetns(t *testing.T, pid int, addr string) net.Listener {
 	}
 	ch := make(chan result, 1)
 	go func() {
-		// The thread is left locked, so the runtime discards it with its
-		// foreign namespace when this goroutine ends.
 		runtime.LockOSThread()
-		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{err: err}
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		defer orig.Close()
+		target, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{err: fmt.Errorf("setns: %w", err)}
 			return
 		}
-		ln, err := net.Listen("tcp", addr)
-		ch <- result{ln, err}
+		ln, lerr := net.Listen("tcp", addr)
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Neither unlock (the thread is in the wrong namespace) nor
+			// exit (see above): park it for the rest of the test process.
+			ch <- result{err: fmt.Errorf("setns back: %w", err)}
+			select {}
+		}
+		runtime.UnlockOSThread()
+		ch <- result{ln, lerr}
 	}()
 	r := <-ch
 	if r.err != nil {
 		t.Fatalf("listen %s in the namespace of %d: %v", addr, pid, r.err)
 	}
-	t.Cleanup(func() { r.ln.Close() })
 	return r.ln
 }
 
@@ -126,15 +144,7 @@ func TestReadmeLocalRun(t *testing.T) {
 	}
 
 	ln := listenInNetns(t, p.Cmd.Process.Pid, "10.99.0.1:0")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go harness.Echo(c)
-		}
-	}()
+	harness.ServeListener(t, ln, harness.Echo)
 
 	ssh := func(identity, dest string) (string, string, error) {
 		c := exec.Command("nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", p.Cmd.Process.Pid), "--",

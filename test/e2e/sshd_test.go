@@ -189,16 +189,48 @@ func TestStdioForwardHalfClose(t *testing.T) {
 	}
 }
 
+// waitForwarding waits until ssh -L listens on lport, or exits: then it
+// returns ssh's output.
+func waitForwarding(t *testing.T, p *harness.Proc, lport int) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-p.Done():
+			return p.Log.String()
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", lport), time.Second); err == nil {
+			c.Close()
+			return ""
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ssh -L not listening on %d after 10 s:\n%s", lport, p.Log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestLocalForward(t *testing.T) {
 	t.Parallel()
 	echo := harness.Serve(t, "tcp", "127.0.0.1:0", harness.Echo)
 	port := echo.Addr().(*net.TCPAddr).Port
 	s := newJump(t, func(int) string { return fmt.Sprintf("127.0.0.1:%d", port) }, "", harness.BastionOptions{})
-	lport := harness.FreePort(t)
-	cmd := exec.Command("ssh", "-F", s.config, "-N", "-o", "ExitOnForwardFailure=yes",
-		"-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lport, port), "bastion")
-	p := harness.Start(t, cmd)
-	harness.WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", lport), 10*time.Second)
+	// The local port is picked before ssh binds it, after authenticating,
+	// so another process can take it in between: ssh then exits
+	// (ExitOnForwardFailure) and another port is tried.
+	var lport int
+	var p *harness.Proc
+	for attempt := 1; ; attempt++ {
+		lport = harness.FreePort(t)
+		cmd := exec.Command("ssh", "-F", s.config, "-N", "-o", "ExitOnForwardFailure=yes",
+			"-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lport, port), "bastion")
+		p = harness.Start(t, cmd)
+		if strings.Contains(waitForwarding(t, p, lport), "Address already in use") && attempt < 5 {
+			continue
+		}
+		break
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < 5; i++ {
 		wg.Add(1)

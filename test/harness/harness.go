@@ -194,12 +194,29 @@ func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Setpgid = true
+	// Pdeathsig fires when the forking thread ends, not the process: a test
+	// must never let a goroutine exit while locked to its thread.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", cmd.Path, err)
 	}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What the process said, and whether it was still running, is
+			// usually what explains a failure seen from outside it.
+			state := "still running"
+			select {
+			case <-p.done:
+				state = "exited: " + p.Cmd.ProcessState.String()
+			default:
+			}
+			out := p.Log.String()
+			if len(out) > 16<<10 {
+				out = "…" + out[len(out)-16<<10:]
+			}
+			t.Logf("%s (pid %d) %s; its output:\n%s", filepath.Base(cmd.Path), cmd.Process.Pid, state, out)
+		}
 		select {
 		case <-p.done:
 		default:

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,8 +85,11 @@ func StartTarget(t testing.TB, dir string, authorized ...string) *Target {
 	if err := os.WriteFile(ak, []byte(strings.Join(authorized, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := FreePort(t)
-	cfg := fmt.Sprintf(`Port %d
+	// The port is picked before sshd binds it, so a parallel test can take
+	// it in between: sshd then exits, and another port is tried.
+	for attempt := 1; ; attempt++ {
+		port := FreePort(t)
+		cfg := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %s
 AuthorizedKeysFile %s
@@ -98,15 +100,39 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 Subsystem sftp internal-sftp
-LogLevel ERROR
+LogLevel VERBOSE
 `, port, hk.Path, ak)
-	cfgPath := filepath.Join(tdir, "sshd_config")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+		cfgPath := filepath.Join(tdir, "sshd_config")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := Start(t, exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath))
+		if waitSSHDListening(t, p, port) {
+			return &Target{Port: port, HostKey: hk, Proc: p}
+		}
+		if attempt == 5 || !strings.Contains(p.Log.String(), "Address already in use") {
+			t.Fatalf("sshd target exited:\n%s", p.Log.String())
+		}
 	}
-	p := Start(t, exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath))
-	WaitTCP(t, "127.0.0.1:"+strconv.Itoa(port), 5*time.Second)
-	return &Target{Port: port, HostKey: hk, Proc: p}
+}
+
+// waitSSHDListening waits for sshd's "Server listening" line for port; it
+// returns false if sshd exits first.
+func waitSSHDListening(t testing.TB, p *Proc, port int) bool {
+	t.Helper()
+	listening := fmt.Sprintf("Server listening on 127.0.0.1 port %d.", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.Log.String(), listening) {
+		select {
+		case <-p.Done():
+			return false
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd target not listening after 10 s:\n%s", p.Log.String())
+		}
+	}
+	return true
 }
 
 // WaitTCP waits until addr accepts connections.
@@ -184,6 +210,12 @@ func Serve(t testing.TB, network, addr string, handle func(net.Conn)) net.Listen
 	if err != nil {
 		t.Fatal(err)
 	}
+	ServeListener(t, ln, handle)
+	return ln
+}
+
+// ServeListener runs handle for each connection on ln until the test ends.
+func ServeListener(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -197,7 +229,6 @@ func Serve(t testing.TB, network, addr string, handle func(net.Conn)) net.Listen
 			}()
 		}
 	}()
-	return ln
 }
 
 // Echo copies input back until EOF, then half-closes.

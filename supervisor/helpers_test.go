@@ -422,7 +422,9 @@ func helperStop(h *helper) int {
 	for _, r := range res {
 		h.metric("step_"+strings.ReplaceAll(r.Name, " ", "_")+"_ms", r.Duration.Milliseconds())
 	}
-	if total > budget+50*time.Millisecond {
+	// The hang step ignores its context for 5 s: ending within the budget,
+	// with room for a loaded machine's scheduling, shows it was abandoned.
+	if total > budget+300*time.Millisecond {
 		h.failf("steps took %v, budget %v", total, budget)
 	}
 	if res[0].Err != nil || agent.ExitCode() != 128+int(syscall.SIGKILL) {
@@ -431,7 +433,7 @@ func helperStop(h *helper) int {
 	if !errors.Is(res[1].Err, context.DeadlineExceeded) {
 		h.failf("hang: err %v, want DeadlineExceeded", res[1].Err)
 	}
-	if !lastRan || lastLeft < 350*time.Millisecond {
+	if !lastRan || lastLeft < 200*time.Millisecond {
 		h.failf("last step ran=%v with %v left; want its ~1/3 share", lastRan, lastLeft)
 	}
 	if !errors.Is(res[2].Err, context.DeadlineExceeded) {
@@ -518,7 +520,7 @@ func helperSweep(h *helper) int {
 	// Nothing left: a second sweep is immediate.
 	t0 = time.Now()
 	res, err = s.Sweep(context.Background(), grace)
-	if err != nil || res != (SweepResult{}) || time.Since(t0) > 200*time.Millisecond {
+	if err != nil || res != (SweepResult{}) || time.Since(t0) >= grace {
 		h.failf("second Sweep = %+v, %v after %v", res, err, time.Since(t0))
 	}
 	return 0

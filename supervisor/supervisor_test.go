@@ -208,50 +208,74 @@ func TestParseStat(t *testing.T) {
 func TestRunStepsShares(t *testing.T) {
 	var logs strings.Builder
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	// An abandoned step keeps running beside later ones: lock what it shares.
-	var mu sync.Mutex
-	var deadlines []time.Duration
-	record := func(ret error, sleep time.Duration) func(context.Context) error {
+	// Each step records when it was called and the deadline it got. The
+	// shares are checked on those absolute times, so a loaded machine that
+	// starts a step late cannot fail the test: a step started at s with w
+	// of the remaining weights r must get s + (end-s)*w/r, and s lies between
+	// the previous step's return and the call.
+	type call struct{ at, deadline time.Time }
+	var mu sync.Mutex // an abandoned step keeps running beside later ones
+	calls := map[string]call{}
+	record := func(name string, ret error, sleep time.Duration) func(context.Context) error {
 		return func(ctx context.Context) error {
 			d, _ := ctx.Deadline()
 			mu.Lock()
-			deadlines = append(deadlines, time.Until(d))
+			calls[name] = call{time.Now(), d}
 			mu.Unlock()
-			if sleep > 0 {
-				time.Sleep(sleep)
-				return ret
+			time.Sleep(sleep)
+			if name == "last" {
+				<-ctx.Done()
+				return ctx.Err()
 			}
 			return ret
 		}
 	}
 	t0 := time.Now()
 	res := RunSteps(context.Background(), log, 800*time.Millisecond, []Step{
-		{Name: "quick", Weight: 2, Run: record(nil, 0)},
-		{Name: "overrun", Weight: 1, Run: record(nil, 2*time.Second)},
-		{Name: "fails", Weight: 0, Run: record(errors.New("boom"), 0)},
-		{Name: "last", Weight: 1, Run: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }},
+		{Name: "quick", Weight: 2, Run: record("quick", nil, 0)},
+		{Name: "overrun", Weight: 1, Run: record("overrun", nil, 2*time.Second)},
+		{Name: "fails", Weight: 0, Run: record("fails", errors.New("boom"), 0)},
+		{Name: "last", Weight: 1, Run: record("last", nil, 0)},
 	})
-	total := time.Since(t0)
+	returned := time.Now()
 	mu.Lock()
 	defer mu.Unlock()
-	if total > 800*time.Millisecond+30*time.Millisecond {
-		t.Fatalf("took %v of 800ms", total)
+	if len(calls) != 4 {
+		t.Fatalf("steps called: %v", calls)
 	}
-	// quick: 2/5 of 800ms; overrun: 1/3 of what quick left (~800ms).
-	if d := deadlines[0]; d < 300*time.Millisecond || d > 330*time.Millisecond {
-		t.Errorf("quick got %v, want ~320ms", d)
+	// The last step gets all that is left: its deadline is the budget's end.
+	end := calls["last"].deadline
+	// RunSteps took its start between t0 and the first step's call.
+	if end.Before(t0.Add(800*time.Millisecond)) || end.After(calls["quick"].at.Add(800*time.Millisecond)) {
+		t.Errorf("budget end %v after the call, want 800ms after RunSteps started", end.Sub(t0))
 	}
-	if d := deadlines[1]; d < 250*time.Millisecond || d > 270*time.Millisecond {
-		t.Errorf("overrun got %v, want ~266ms", d)
+	// within checks deadline = s + (end-s)*w/r for some s in [from, to].
+	within := func(name string, from time.Time, w, r int64) {
+		t.Helper()
+		c := calls[name]
+		share := func(s time.Time) time.Time { return s.Add(time.Duration(int64(end.Sub(s)) * w / r)) }
+		lo, hi := share(from).Add(-time.Millisecond), share(c.at).Add(time.Millisecond)
+		if c.deadline.Before(lo) || c.deadline.After(hi) {
+			t.Errorf("%s: deadline %v after start, want between %v and %v (%d/%d of what was left)",
+				name, c.deadline.Sub(t0), lo.Sub(t0), hi.Sub(t0), w, r)
+		}
 	}
-	if !errors.Is(res[1].Err, context.DeadlineExceeded) || res[1].Duration > 300*time.Millisecond {
+	within("quick", t0, 2, 5)
+	within("overrun", calls["quick"].at, 1, 3)
+	within("fails", calls["overrun"].deadline, 1, 2) // not before the overrun was abandoned
+	if calls["fails"].at.Before(calls["overrun"].deadline) {
+		t.Errorf("fails ran %v before the overrun step's deadline", calls["overrun"].deadline.Sub(calls["fails"].at))
+	}
+	// The overrun step (2 s of sleep) was abandoned at its deadline, not
+	// waited for; the whole sequence ended with the budget.
+	if !errors.Is(res[1].Err, context.DeadlineExceeded) || res[1].Duration >= time.Second {
 		t.Errorf("overrun: %v after %v", res[1].Err, res[1].Duration)
+	}
+	if total := returned.Sub(t0); total >= time.Second {
+		t.Fatalf("took %v of 800ms", total)
 	}
 	if res[2].Err == nil || res[3].Err == nil || !errors.Is(res[3].Err, context.DeadlineExceeded) {
 		t.Errorf("results %+v", res)
-	}
-	if res[3].Duration < 200*time.Millisecond {
-		t.Errorf("last step got only %v", res[3].Duration)
 	}
 	for _, want := range []string{`"step":"last"`, `"duration_ms":`, `"msg":"shutdown step cut short"`, `"msg":"shutdown step failed"`} {
 		if !strings.Contains(logs.String(), want) {

@@ -529,13 +529,14 @@ func TestFaultInjection(t *testing.T) {
 		}
 	})
 	t.Run("delay next only", func(t *testing.T) {
-		srv.DelayNext("GetServiceSetting", 1, 300*time.Millisecond)
-		for i, want := range []time.Duration{300 * time.Millisecond, 0} {
+		// A delay well above a loaded machine's call time tells the two apart.
+		srv.DelayNext("GetServiceSetting", 1, time.Second)
+		for i, want := range []time.Duration{time.Second, 0} {
 			start := time.Now()
 			if _, err := c.GetServiceSetting(ctx, &ssm.GetServiceSettingInput{SettingId: aws.String(fakessm.ActivationTierSetting)}); err != nil {
 				t.Fatal(err)
 			}
-			if took := time.Since(start); took < want || (want == 0 && took > 250*time.Millisecond) {
+			if took := time.Since(start); took < want || (want == 0 && took > 900*time.Millisecond) {
 				t.Fatalf("call %d took %v", i, took)
 			}
 		}

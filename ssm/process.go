@@ -50,10 +50,6 @@ const (
 // EOF is never waited for unconditionally.
 const drainDelay = 500 * time.Millisecond
 
-// maxDrain bounds what is taken from the pipe after that delay: a worker the
-// child left behind may keep writing.
-const maxDrain = 1 << 20
-
 // startLogged starts cmd in its own process group with stdout and stderr on
 // a pipe owned here. Each output line becomes one log record (field
 // "agent"), with redact (if not empty) masked, and is passed to onLine (if
@@ -95,7 +91,7 @@ func (l *Lifecycle) startLogged(cmd *exec.Cmd, step, redact string, onLine func(
 				// The child was reaped, so everything it wrote is already in
 				// the pipe: take that without waiting for the writers it
 				// left behind.
-				rest += string(pipes.ReadBuffered(r, maxDrain))
+				rest += string(pipes.ReadBuffered(r, pipes.DrainLimit))
 			}
 			for _, line := range strings.SplitAfter(rest, "\n") {
 				emit(line)

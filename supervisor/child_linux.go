@@ -25,10 +25,6 @@ const killWait = 2 * time.Second
 // maxLine bounds one copied line; longer lines are passed on in pieces.
 const maxLine = 64 << 10
 
-// maxDrain bounds what is taken from a pipe once OutputDelay is over: a
-// process the child left behind may keep writing.
-const maxDrain = 1 << 20
-
 // Child is a process started by Supervisor.Start.
 type Child struct {
 	s      *Supervisor
@@ -340,7 +336,7 @@ func (c *Child) copyLines(r *os.File, dst io.Writer) {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			// The child was reaped, so all it wrote is in the pipe already;
 			// take that without waiting for the writers it left behind.
-			rest = append(rest, pipes.ReadBuffered(r, maxDrain)...)
+			rest = append(rest, pipes.ReadBuffered(r, pipes.DrainLimit)...)
 		}
 		for len(rest) > 0 {
 			n := bytes.IndexByte(rest, '\n') + 1

@@ -9,6 +9,10 @@ import (
 	"time"
 )
 
+// DrainLimit is what a reader should take at most with ReadBuffered: a
+// process the child left behind may keep the pipe filling.
+const DrainLimit = 1 << 20
+
 // ReadBuffered returns what is in the pipe r now, at most limit bytes,
 // without waiting for more. It clears r's read deadline first: a reader
 // that was unblocked by a deadline after the child was reaped uses it to

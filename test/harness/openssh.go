@@ -135,23 +135,6 @@ func waitSSHDListening(t testing.TB, p *Proc, port int) bool {
 	return true
 }
 
-// WaitTCP waits until addr accepts connections.
-func WaitTCP(t testing.TB, addr string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not listening after %v: %v", addr, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // Host is one Host block of a client ssh_config.
 type Host struct {
 	Alias, HostName string

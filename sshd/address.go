@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -29,6 +30,20 @@ func parseCIDR(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// parseNetwork parses a CIDR the way sshd's addr_pton_cidr reads a match
+// pattern (from=, a certificate's source-address): host bits set under the
+// mask ("127.0.0.1/8") make it invalid rather than silently widened.
+func parseNetwork(s string) (netip.Prefix, error) {
+	p, err := parseCIDR(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if raw, err := netip.ParsePrefix(s); err == nil && raw.Addr().Unmap() != p.Addr() {
+		return netip.Prefix{}, fmt.Errorf("host bits set (the network would be %s)", p)
+	}
+	return p, nil
 }
 
 // parseIP parses an IP literal the way the C library's resolver does, so the

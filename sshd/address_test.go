@@ -192,6 +192,10 @@ func TestMatchSourceAddress(t *testing.T) {
 		{"127.0.0.1", "::ffff:127.0.0.1", true},
 		{"garbage", "127.0.0.1", false},
 		{"", "127.0.0.1", false},
+		{"127.0.0.1/8", "127.0.0.1", false},             // host bits set: invalid, as in sshd
+		{"127.0.0.0/8, 10.0.0.1/8", "127.0.0.1", false}, // one invalid entry fails the list
+		{"127.0.0.0/8, garbage", "127.0.0.1", false},    // likewise
+		{"::ffff:127.0.0.0/104", "127.0.0.1", true},     // mapped spelling of 127.0.0.0/8
 	}
 	for _, tt := range tests {
 		t.Run(tt.list+"|"+tt.addr, func(t *testing.T) {

@@ -23,7 +23,26 @@ var (
 	errNoPrincipals      = errors.New("certificate has no principals")
 	errPrincipalMismatch = errors.New("no certificate principal is allowed for this login")
 	errSourceAddress     = errors.New("client address not permitted by the certificate's source-address")
+	errCertTouchWaiver   = errors.New("certificate waives the security-key touch (no-touch-required) but its cert-authority line does not; " +
+		"sshd would then require a touch, which bastion cannot check for a certificate whose extension waives it")
+	errUserChanged = errors.New("change of user name not allowed")
 )
+
+// caSignatureAlgorithms are the algorithms a CA may sign a user certificate
+// with: sshd's default CASignatureAlgorithms (myproposal.h
+// SSH_ALLOWED_CA_SIGALGS), so no SHA-1 (ssh-rsa) and no DSA.
+var caSignatureAlgorithms = []string{
+	gossh.KeyAlgoED25519,
+	gossh.KeyAlgoECDSA256, gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521,
+	gossh.KeyAlgoSKED25519, gossh.KeyAlgoSKECDSA256,
+	"webauthn-sk-ecdsa-sha2-nistp256@openssh.com",
+	gossh.KeyAlgoRSASHA512, gossh.KeyAlgoRSASHA256,
+}
+
+// noTouchRequired is the authorized_keys option and certificate extension
+// that waive the security-key user-presence check; x/crypto/ssh acts on it
+// when the Permissions of the key carry it.
+const noTouchRequired = "no-touch-required"
 
 // grant is what one offered key would give, computed once per offer.
 type grant struct {
@@ -36,7 +55,10 @@ type grant struct {
 	certSerial  uint64
 	caFP        string
 	access      Access
-	err         error // nil = this key may authenticate
+	// noTouch waives the security-key touch: the line's no-touch-required
+	// for a plain key (for a certificate x/crypto reads the extension).
+	noTouch bool
+	err     error // nil = this key may authenticate
 }
 
 // authorizer matches offered keys against the authorized_keys set.
@@ -69,6 +91,7 @@ func (a *authorizer) check(user string, addr netip.Addr, key gossh.PublicKey) *g
 		if err == nil {
 			g.comment, g.line = k.Comment, k.Line
 			g.access = Access{Options: k.Options, CertForwarding: true}
+			g.noTouch = k.Options.NoTouchRequired
 			return g
 		}
 		if firstErr == nil {
@@ -111,6 +134,14 @@ func (a *authorizer) checkCert(g *grant, user string, addr netip.Addr, cert *gos
 	}
 	if len(cert.ValidPrincipals) == 0 {
 		g.err = errNoPrincipals
+		return
+	}
+	if cert.Signature == nil || !slices.Contains(caSignatureAlgorithms, cert.Signature.Format) {
+		format := "none"
+		if cert.Signature != nil {
+			format = cert.Signature.Format
+		}
+		g.err = fmt.Errorf("certificate signed with algorithm %q, which sshd refuses by default (CASignatureAlgorithms)", capField(format))
 		return
 	}
 	caWire := cert.SignatureKey.Marshal()
@@ -165,6 +196,11 @@ func (a *authorizer) checkCertLine(k *AuthorizedKey, user string, addr netip.Add
 			return errSourceAddress
 		}
 	}
+	// sshd ANDs the two waivers (sshauthopt_merge); x/crypto waives on the
+	// certificate's extension alone, so that case is refused here.
+	if _, waived := cert.Extensions[noTouchRequired]; waived && isSecurityKey(cert.Key) && !k.Options.NoTouchRequired {
+		return errCertTouchWaiver
+	}
 	checker := gossh.CertChecker{
 		Clock:                    a.clock,
 		SupportedCriticalOptions: []string{"source-address", "force-command"},
@@ -179,83 +215,164 @@ func (a *authorizer) checkCertLine(k *AuthorizedKey, user string, addr netip.Add
 }
 
 // matchSourceAddress applies a certificate's source-address list: comma
-// separated CIDRs or addresses; the client must be inside one.
+// separated CIDRs or addresses; the client must be inside one. As in sshd's
+// addr_match_cidr_list, one invalid entry (host bits set, not an address)
+// makes the whole list fail.
 func matchSourceAddress(list string, addr netip.Addr) bool {
+	matched := false
 	for _, p := range strings.Split(list, ",") {
-		pfx, err := parseCIDR(strings.TrimSpace(p))
-		if err == nil && pfx.Contains(addr.Unmap()) {
-			return true
+		pfx, err := parseNetwork(strings.TrimSpace(p))
+		if err != nil {
+			return false
 		}
+		matched = matched || pfx.Contains(addr.Unmap())
 	}
-	return false
+	return matched
 }
 
+func isSecurityKey(k gossh.PublicKey) bool {
+	t := k.Type()
+	return t == gossh.KeyAlgoSKED25519 || t == gossh.KeyAlgoSKECDSA256
+}
+
+// Authentication, per attempt. x/crypto runs PublicKeyCallback once per
+// (user, key) and caches the result; a signature later verified for that
+// key reaches VerifiedPublicKeyCallback with the Permissions the first call
+// returned; every attempt ends in AuthLogCallback, which does not say which
+// key it was about. So each callback's Permissions are a fresh value that
+// carries its grant, and the connection holds only the grant of the attempt
+// in progress, for the audit line to take.
+
+// grantKey finds a grant in Permissions.ExtraData.
+type grantKey struct{}
+
 // publicKeyHandler is gliderlabs' hook into x/crypto's PublicKeyCallback.
-// x/crypto caches one key's result and calls back again before accepting a
-// different key, so the last call is always for the key that authenticates:
-// each call overwrites the per-connection offer and Permissions, never
-// merges them.
+// It replaces the connection's Permissions with a new value each time:
+// gliderlabs returns that pointer to x/crypto, which caches it per key, so
+// a shared value would let one key's Permissions (source-address, the touch
+// waiver) stand for another's.
 func (s *Server) publicKeyHandler(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
 	cs := stateOf(ctx)
 	if cs == nil {
 		return false
 	}
-	g := s.auth.check(ctx.User(), cs.remote.Addr(), key)
-	ctx.SetValue(ctxOffered, g)
-	perms := ctx.Permissions().Permissions
-	*perms = gossh.Permissions{}
+	g := s.authorizer().check(ctx.User(), cs.remote.Addr(), key)
+	perms := &gossh.Permissions{ExtraData: map[any]any{grantKey{}: g}}
 	if cert, ok := key.(*gossh.Certificate); ok && g.err == nil {
 		// x/crypto enforces source-address from these as a second check.
 		perms.CriticalOptions = cert.CriticalOptions
 	}
+	if g.err == nil && g.noTouch {
+		perms.Extensions = map[string]string{noTouchRequired: ""}
+	}
+	ctx.Permissions().Permissions = perms
+	s.mu.Lock()
+	cs.attempt = g
+	s.mu.Unlock()
 	return g.err == nil
 }
 
+// verifiedPublicKey runs after x/crypto verified a signature by a key that
+// publicKeyHandler accepted: the grant in perms is that key's.
+func (s *Server) verifiedPublicKey(ctx gliderssh.Context, md gossh.ConnMetadata, perms *gossh.Permissions) (*gossh.Permissions, error) {
+	cs := stateOf(ctx)
+	g, _ := perms.ExtraData[grantKey{}].(*grant)
+	if cs == nil || g == nil {
+		return nil, errKeyNotAuthorized
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := cs.checkUserLocked(md.User()); err != nil {
+		refused := *g
+		refused.err = err
+		cs.attempt = &refused
+		return nil, err
+	}
+	cs.attempt = g
+	return perms, nil
+}
+
+// checkUserLocked keeps the first user name of a connection: like sshd
+// ("Change of username or service not allowed"), a later attempt under
+// another name ends the connection.
+func (cs *connState) checkUserLocked(user string) error {
+	if cs.user == "" {
+		cs.user = user
+		return nil
+	}
+	if user != cs.user {
+		return fmt.Errorf("%w (first %q, then %q)", errUserChanged, capField(cs.user), capField(user))
+	}
+	return nil
+}
+
 // authLog writes one audit line per authentication attempt and records a
-// success on the connection.
+// success on the connection. Key fields come only from a grant made for
+// this attempt: a refused grant from this attempt's callback, or the
+// verified grant of a success; an attempt x/crypto refused before asking
+// (an algorithm it does not accept, a repeated key) names no key.
 func (s *Server) authLog(ctx gliderssh.Context, md gossh.ConnMetadata, method string, err error) {
 	cs := stateOf(ctx)
 	if cs == nil {
 		return
 	}
-	attrs := []any{"user", md.User(), "client", cs.remote.String(), "method", method}
-	result := "accepted"
-	if err != nil {
-		result = "refused"
+	s.mu.Lock()
+	g := cs.attempt
+	cs.attempt = nil
+	userErr := cs.checkUserLocked(md.User())
+	s.mu.Unlock()
+	if method != "publickey" || g == nil || (err != nil && g.err == nil) || (err == nil && g.err != nil) {
+		g = nil
 	}
-	var g *grant
-	if method == "publickey" {
-		g, _ = ctx.Value(ctxOffered).(*grant)
+	attrs := []any{"user", capField(md.User()), "client", cs.remote.String(), "method", method}
+	result := "accepted"
+	if err != nil || userErr != nil {
+		result = "refused"
 	}
 	if g != nil {
 		attrs = append(attrs, "key_type", g.keyType, "fingerprint", g.fingerprint)
 		if g.comment != "" {
-			attrs = append(attrs, "comment", g.comment)
+			attrs = append(attrs, "comment", capField(g.comment))
 		}
 		if g.line != 0 {
 			attrs = append(attrs, "authorized_keys_line", g.line)
 		}
 		if g.certID != "" || g.caFP != "" {
-			attrs = append(attrs, "cert_id", g.certID, "cert_serial", g.certSerial, "ca_fingerprint", g.caFP)
+			attrs = append(attrs, "cert_id", capField(g.certID), "cert_serial", g.certSerial, "ca_fingerprint", g.caFP)
 		}
 	}
 	switch {
+	case userErr != nil:
+		attrs = append(attrs, "reason", userErr.Error())
 	case err == nil:
 	case g != nil && g.err != nil:
 		attrs = append(attrs, "reason", g.err.Error())
 	case method == "none":
 		// Every OpenSSH client asks for "none" first to learn the methods.
 		attrs = append(attrs, "reason", "method none is not accepted")
+	case method == "publickey" && err.Error() == "permission denied":
+		// gliderlabs' answer for a key x/crypto had already refused on
+		// this connection and did not ask about again.
+		attrs = append(attrs, "reason", "key already refused on this connection")
 	default:
-		attrs = append(attrs, "reason", strings.TrimPrefix(err.Error(), "ssh: "))
+		attrs = append(attrs, "reason", capField(strings.TrimPrefix(err.Error(), "ssh: ")))
 	}
 	attrs = append(attrs, "result", result)
-	if method == "none" && err != nil {
-		s.log.Debug("auth", attrs...)
-	} else {
+	switch {
+	case result == "accepted":
 		s.log.Info("auth", attrs...)
+	case method == "none" && userErr == nil:
+		s.log.Debug("auth", attrs...)
+	default:
+		s.refusals.info("auth", cs.remote.Addr().String(), attrs...)
 	}
-	if err == nil && g != nil && g.err == nil {
+	if userErr != nil {
+		// x/crypto offers no way to send the disconnect reason from here;
+		// closing the socket ends the handshake at once.
+		cs.conn.Close()
+		return
+	}
+	if err == nil && g != nil {
 		s.authenticated(ctx, cs, g)
 	}
 }

@@ -44,6 +44,10 @@ type KeyOptions struct {
 	CertAuthority bool
 	// Principals restricts which certificate principals a cert-authority line accepts.
 	Principals []string
+	// NoTouchRequired waives the security-key user-presence (touch) check,
+	// as sshd's no-touch-required does; for a certificate sshd waives it
+	// only when the certificate carries that extension too.
+	NoTouchRequired bool
 	// Ignored lists session-only options that were accepted as written.
 	Ignored []string
 }
@@ -72,19 +76,66 @@ type LineError struct {
 func (e *LineError) Error() string { return fmt.Sprintf("line %d: %v", e.Line, e.Err) }
 func (e *LineError) Unwrap() error { return e.Err }
 
-// sessionOnlyOptions are accepted and have nothing to act on in a server
-// that serves only direct-tcpip. Flags take no value; the rest take one.
-var sessionOnlyFlags = map[string]bool{
-	"agent-forwarding": true, "no-agent-forwarding": true,
-	"pty": true, "no-pty": true,
-	"user-rc": true, "no-user-rc": true,
-	"x11-forwarding": true, "no-x11-forwarding": true,
-	"touch-required": true, "no-touch-required": true,
-	"verify-required": true,
+// ErrVerifyRequired refuses authorized_keys lines with verify-required:
+// sshd then demands the FIDO user-verification flag (a PIN or biometric) in
+// the signature, but x/crypto/ssh verifies security-key signatures without
+// reporting their flags, so bastion could not tell a verified signature from
+// a touch-only one. Refusing the line at start is the safe failure.
+var ErrVerifyRequired = errors.New(`option "verify-required" cannot be enforced: ` +
+	`the SSH library bastion uses does not report the security key's user-verification flag, ` +
+	`so a touch-only signature would be accepted; remove the option or use OpenSSH's sshd for this key`)
+
+// keyOption is how one authorized_keys option is read: whether it takes a
+// quoted value, and what it does to the options so far. Options apply in
+// order, so a later flag overrides an earlier one, as in sshd's
+// auth-options.c (sshauthopt_parse).
+type keyOption struct {
+	value bool
+	apply func(o *KeyOptions, v string) error
 }
 
-var sessionOnlyValues = map[string]bool{
-	"command": true, "environment": true, "tunnel": true, "permitlisten": true,
+func flagOption(apply func(o *KeyOptions)) keyOption {
+	return keyOption{apply: func(o *KeyOptions, _ string) error { apply(o); return nil }}
+}
+
+// sessionOnly options are accepted as written and kept in Ignored: a server
+// that serves only direct-tcpip has nothing to apply them to.
+func sessionOnly(name string, value bool) keyOption {
+	return keyOption{value: value, apply: func(o *KeyOptions, _ string) error {
+		o.Ignored = append(o.Ignored, name)
+		return nil
+	}}
+}
+
+// keyOptions lists every option sshd(8) knows, by lower-case name. sshd
+// lets these flags be negated with "no-": port-forwarding, agent-forwarding,
+// x11-forwarding, pty, user-rc, touch-required, verify-required.
+var keyOptions = map[string]keyOption{
+	"restrict":           flagOption(func(o *KeyOptions) { o.PortForwarding = false }),
+	"port-forwarding":    flagOption(func(o *KeyOptions) { o.PortForwarding = true }),
+	"no-port-forwarding": flagOption(func(o *KeyOptions) { o.PortForwarding = false }),
+	"cert-authority":     flagOption(func(o *KeyOptions) { o.CertAuthority = true }),
+	"no-touch-required":  flagOption(func(o *KeyOptions) { o.NoTouchRequired = true }),
+	"touch-required":     flagOption(func(o *KeyOptions) { o.NoTouchRequired = false }),
+	"verify-required":    {apply: func(*KeyOptions, string) error { return ErrVerifyRequired }},
+	"no-verify-required": flagOption(func(*KeyOptions) {}),
+	"from":               {value: true, apply: applyFrom},
+	"permitopen":         {value: true, apply: applyPermitOpen},
+	"expiry-time":        {value: true, apply: applyExpiryTime},
+	"principals":         {value: true, apply: applyPrincipals},
+
+	"agent-forwarding":    sessionOnly("agent-forwarding", false),
+	"no-agent-forwarding": sessionOnly("no-agent-forwarding", false),
+	"pty":                 sessionOnly("pty", false),
+	"no-pty":              sessionOnly("no-pty", false),
+	"user-rc":             sessionOnly("user-rc", false),
+	"no-user-rc":          sessionOnly("no-user-rc", false),
+	"x11-forwarding":      sessionOnly("x11-forwarding", false),
+	"no-x11-forwarding":   sessionOnly("no-x11-forwarding", false),
+	"command":             sessionOnly("command", true),
+	"environment":         sessionOnly("environment", true),
+	"tunnel":              sessionOnly("tunnel", true),
+	"permitlisten":        sessionOnly("permitlisten", true),
 }
 
 // ParseAuthorizedKeys parses a whole authorized_keys file. Blank lines and
@@ -176,10 +227,14 @@ func ParseKeyOptions(raw []string) (KeyOptions, error) {
 	for _, r := range raw {
 		name, value, hasValue := strings.Cut(r, "=")
 		name = strings.ToLower(name)
-		flag := sessionOnlyFlags[name] || name == "restrict" || name == "port-forwarding" ||
-			name == "no-port-forwarding" || name == "cert-authority"
-		if hasValue && flag {
+		opt, ok := keyOptions[name]
+		switch {
+		case !ok:
+			return KeyOptions{}, fmt.Errorf("unknown option %q", name)
+		case hasValue && !opt.value:
 			return KeyOptions{}, fmt.Errorf("option %q takes no value", name)
+		case !hasValue && opt.value:
+			return KeyOptions{}, fmt.Errorf("option %q needs a value", name)
 		}
 		if hasValue {
 			v, err := unquoteOption(value)
@@ -188,104 +243,62 @@ func ParseKeyOptions(raw []string) (KeyOptions, error) {
 			}
 			value = v
 		}
-		flagOnly := func() error {
-			if hasValue {
-				return fmt.Errorf("option %q takes no value", name)
-			}
-			return nil
-		}
-		needValue := func() error {
-			if !hasValue {
-				return fmt.Errorf("option %q needs a value", name)
-			}
-			return nil
-		}
-		switch {
-		case name == "restrict":
-			if err := flagOnly(); err != nil {
-				return KeyOptions{}, err
-			}
-			o.PortForwarding = false
-		case name == "port-forwarding":
-			if err := flagOnly(); err != nil {
-				return KeyOptions{}, err
-			}
-			o.PortForwarding = true
-		case name == "no-port-forwarding":
-			if err := flagOnly(); err != nil {
-				return KeyOptions{}, err
-			}
-			o.PortForwarding = false
-		case name == "cert-authority":
-			if err := flagOnly(); err != nil {
-				return KeyOptions{}, err
-			}
-			o.CertAuthority = true
-		case name == "from":
-			if err := needValue(); err != nil {
-				return KeyOptions{}, err
-			}
-			if o.From != nil {
-				return KeyOptions{}, errors.New("option \"from\" given more than once")
-			}
-			pats, err := parsePatternList(value)
-			if err != nil {
-				return KeyOptions{}, fmt.Errorf("option \"from\": %w", err)
-			}
-			o.From = append(o.From, pats...)
-		case name == "permitopen":
-			if err := needValue(); err != nil {
-				return KeyOptions{}, err
-			}
-			p, err := parsePermitOpen(value)
-			if err != nil {
-				return KeyOptions{}, fmt.Errorf("option \"permitopen\": %w", err)
-			}
-			o.PermitOpen = append(o.PermitOpen, p)
-		case name == "expiry-time":
-			if err := needValue(); err != nil {
-				return KeyOptions{}, err
-			}
-			t, err := parseExpiryTime(value)
-			if err != nil {
-				return KeyOptions{}, fmt.Errorf("option \"expiry-time\": %w", err)
-			}
-			if o.ExpiryTime.IsZero() || t.Before(o.ExpiryTime) {
-				o.ExpiryTime = t
-			}
-		case name == "principals":
-			if err := needValue(); err != nil {
-				return KeyOptions{}, err
-			}
-			if o.Principals != nil {
-				return KeyOptions{}, errors.New("option \"principals\" given more than once")
-			}
-			for _, p := range strings.Split(value, ",") {
-				if p = strings.TrimSpace(p); p != "" {
-					o.Principals = append(o.Principals, p)
-				}
-			}
-			if len(o.Principals) == 0 {
-				return KeyOptions{}, errors.New("option \"principals\": empty list")
-			}
-		case sessionOnlyFlags[name]:
-			if err := flagOnly(); err != nil {
-				return KeyOptions{}, err
-			}
-			o.Ignored = append(o.Ignored, name)
-		case sessionOnlyValues[name]:
-			if err := needValue(); err != nil {
-				return KeyOptions{}, err
-			}
-			o.Ignored = append(o.Ignored, name)
-		default:
-			return KeyOptions{}, fmt.Errorf("unknown option %q", name)
+		if err := opt.apply(&o, value); err != nil {
+			return KeyOptions{}, err
 		}
 	}
 	if len(o.Principals) > 0 && !o.CertAuthority {
-		return KeyOptions{}, errors.New("option \"principals\" is only valid with cert-authority")
+		return KeyOptions{}, errors.New(`option "principals" is only valid with cert-authority`)
 	}
 	return o, nil
+}
+
+func applyFrom(o *KeyOptions, v string) error {
+	if o.From != nil {
+		return errors.New(`option "from" given more than once`)
+	}
+	pats, err := parsePatternList(v)
+	if err != nil {
+		return fmt.Errorf(`option "from": %w`, err)
+	}
+	o.From = pats
+	return nil
+}
+
+func applyPermitOpen(o *KeyOptions, v string) error {
+	p, err := parsePermitOpen(v)
+	if err != nil {
+		return fmt.Errorf(`option "permitopen": %w`, err)
+	}
+	o.PermitOpen = append(o.PermitOpen, p)
+	return nil
+}
+
+// applyExpiryTime keeps the earliest of several expiry-time options.
+func applyExpiryTime(o *KeyOptions, v string) error {
+	t, err := parseExpiryTime(v)
+	if err != nil {
+		return fmt.Errorf(`option "expiry-time": %w`, err)
+	}
+	if o.ExpiryTime.IsZero() || t.Before(o.ExpiryTime) {
+		o.ExpiryTime = t
+	}
+	return nil
+}
+
+func applyPrincipals(o *KeyOptions, v string) error {
+	if o.Principals != nil {
+		return errors.New(`option "principals" given more than once`)
+	}
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			o.Principals = append(o.Principals, p)
+		}
+	}
+	if len(o.Principals) == 0 {
+		return errors.New(`option "principals": empty list`)
+	}
+	return nil
 }
 
 // unquoteOption removes the double quotes around an option value; inside,
@@ -322,8 +335,8 @@ func parsePatternList(v string) ([]string, error) {
 			return nil, errors.New("empty pattern")
 		}
 		if strings.Contains(p, "/") {
-			if _, err := parseCIDR(strings.TrimPrefix(p, "!")); err != nil {
-				return nil, fmt.Errorf("bad CIDR %q", p)
+			if _, err := parseNetwork(strings.TrimPrefix(p, "!")); err != nil {
+				return nil, fmt.Errorf("bad CIDR %q: %w", p, err)
 			}
 		}
 		pats = append(pats, p)

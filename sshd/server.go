@@ -7,13 +7,14 @@ package sshd
 import (
 	"context"
 	"errors"
-	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -133,10 +134,12 @@ func (c *Config) setDefaults() {
 
 // Server is an SSH jump server. Create it with New.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	srv  *gliderssh.Server
-	auth *authorizer
+	cfg Config
+	log *slog.Logger
+	srv *gliderssh.Server
+	// auth is the authorized-keys set in force; a reload swaps it whole.
+	auth     atomic.Pointer[authorizer]
+	refusals *refusalLog
 
 	// cut ends every tunnel when the drain grace is over.
 	cutCtx context.Context
@@ -169,10 +172,11 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:         cfg,
 		log:         cfg.Logger,
-		auth:        &authorizer{keys: cfg.AuthorizedKeys, clock: cfg.Clock},
+		refusals:    newRefusalLog(cfg.Logger),
 		conns:       map[*connState]struct{}{},
 		unauthBySrc: map[netip.Addr]int{},
 	}
+	s.auth.Store(&authorizer{keys: cfg.AuthorizedKeys, clock: cfg.Clock})
 	s.cutCtx, s.cut = context.WithCancel(context.Background())
 	signers := make([]gliderssh.Signer, len(cfg.HostSigners))
 	for i, k := range cfg.HostSigners {
@@ -184,28 +188,70 @@ func New(cfg Config) (*Server, error) {
 		// Only direct-tcpip: no session, exec, shell, subsystem, x11,
 		// streamlocal. Non-nil empty request map: tcpip-forward and every
 		// other global request are answered with failure.
-		ChannelHandlers:      map[string]gliderssh.ChannelHandler{"direct-tcpip": s.handleDirectTCPIP},
-		RequestHandlers:      map[string]gliderssh.RequestHandler{},
-		SubsystemHandlers:    map[string]gliderssh.SubsystemHandler{},
-		PublicKeyHandler:     s.publicKeyHandler,
-		ConnCallback:         s.connCallback,
-		ServerConfigCallback: s.serverConfig,
-		ConnectionFailedCallback: func(conn net.Conn, err error) {
-			s.log.Debug("handshake failed", "client", conn.RemoteAddr().String(), "error", err.Error())
-		},
+		ChannelHandlers:          map[string]gliderssh.ChannelHandler{"direct-tcpip": s.handleDirectTCPIP},
+		RequestHandlers:          map[string]gliderssh.RequestHandler{},
+		SubsystemHandlers:        map[string]gliderssh.SubsystemHandler{},
+		PublicKeyHandler:         s.publicKeyHandler,
+		ConnCallback:             s.connCallback,
+		ServerConfigCallback:     s.serverConfig,
+		ConnectionFailedCallback: s.handshakeFailed,
 	}
 	return s, nil
 }
 
+// handshakeFailed logs why an SSH client could not finish the key exchange
+// (no common algorithm, a protocol error): at warning level, so an operator
+// whose user says "my client can't connect" can see why, and summarised per
+// source. Ends after authentication began are refusals the auth lines
+// already tell, and probes that never identified as SSH are only debug.
+func (s *Server) handshakeFailed(conn net.Conn, err error) {
+	remote := addrPortOf(conn.RemoteAddr())
+	var ident string
+	var authBegan bool
+	s.mu.Lock()
+	for cs := range s.conns {
+		if cs.remote == remote {
+			ident, authBegan = cs.clientIdent, cs.user != ""
+			break
+		}
+	}
+	s.mu.Unlock()
+	attrs := []any{"client", remote.String(), "client_ident", capField(ident), "error", capField(err.Error())}
+	if ident == "" || authBegan || clientLeft(err) {
+		s.log.Debug("handshake failed", attrs...)
+		return
+	}
+	s.refusals.warn("handshake failed", remote.Addr().String(), attrs...)
+}
+
+// clientLeft reports an error that only says the client went away (a port
+// probe, ssh-keyscan, a client that gave up on its own).
+func clientLeft(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// authorizer is the authorized-keys set in force now.
+func (s *Server) authorizer() *authorizer { return s.auth.Load() }
+
 func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
+	ciphers, macs := Ciphers, MACs
+	if cs := stateOf(ctx); cs != nil {
+		s.mu.Lock()
+		ident := cs.clientIdent
+		s.mu.Unlock()
+		ciphers, macs = algorithmsFor(ident)
+	}
 	cfg := &gossh.ServerConfig{
 		Config: gossh.Config{
 			KeyExchanges: KeyExchanges,
-			Ciphers:      Ciphers,
-			MACs:         MACs,
+			Ciphers:      ciphers,
+			MACs:         macs,
 		},
 		MaxAuthTries:            s.cfg.MaxAuthTries,
 		PublicKeyAuthAlgorithms: PublicKeyAuthAlgorithms,
+		VerifiedPublicKeyCallback: func(md gossh.ConnMetadata, _ gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			return s.verifiedPublicKey(ctx, md, perms)
+		},
 		AuthLogCallback: func(md gossh.ConnMetadata, method string, err error) {
 			s.authLog(ctx, md, method, err)
 		},
@@ -220,23 +266,23 @@ type connState struct {
 	remote netip.AddrPort
 
 	// guarded by Server.mu
-	authed   bool
-	access   *grant
-	tunnels  int
-	sshConn  gossh.Conn
-	closed   bool
-	hsTimer  *time.Timer
-	kaTimer  *time.Timer
-	kaMissed int
-	kaWait   bool
+	clientIdent string // the client's identification line
+	user        string // the first user name; a change ends the connection
+	attempt     *grant // the authentication attempt in progress
+	authed      bool
+	access      *grant
+	tunnels     int
+	sshConn     gossh.Conn
+	closed      bool
+	hsTimer     *time.Timer
+	kaTimer     *time.Timer
+	kaMissed    int
+	kaWait      bool
 }
 
 type ctxKey string
 
-const (
-	ctxConnState ctxKey = "bastion-conn"
-	ctxOffered   ctxKey = "bastion-offered"
-)
+const ctxConnState ctxKey = "bastion-conn"
 
 func stateOf(ctx gliderssh.Context) *connState {
 	cs, _ := ctx.Value(ctxConnState).(*connState)
@@ -288,9 +334,35 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return ap
 }
 
+// serverIdent is bastion's identification line; gliderlabs derives the
+// same one from Server.Version for x/crypto.
+const serverIdent = "SSH-2.0-bastion"
+
 // connCallback admits or refuses a new TCP connection before any crypto
-// work (MaxStartups), and arms the handshake deadline.
+// work (MaxStartups), arms the handshake deadline, and exchanges
+// identification lines so the algorithm offer can fit the client.
 func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
+	cs := s.admit(conn)
+	if cs == nil {
+		return nil
+	}
+	c, err := s.exchangeIdent(cs, conn)
+	if err != nil {
+		// gliderlabs neither closes ctx nor calls back for a connection
+		// refused here: the state is released now.
+		s.log.Debug("no SSH identification from client", "client", cs.remote.String(), "error", err.Error())
+		s.connClosed(cs)
+		return nil
+	}
+	ctx.SetValue(ctxConnState, cs)
+	// gliderlabs cancels ctx when the connection ends, whatever the cause.
+	context.AfterFunc(ctx, func() { s.connClosed(cs) })
+	return c
+}
+
+// admit applies the unauthenticated-connection limits and registers the
+// connection, or logs the refusal and returns nil.
+func (s *Server) admit(conn net.Conn) *connState {
 	remote := addrPortOf(conn.RemoteAddr())
 	s.mu.Lock()
 	reason := ""
@@ -304,7 +376,7 @@ func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 	}
 	if reason != "" {
 		s.mu.Unlock()
-		s.log.Warn("connection refused", "client", remote.String(), "reason", reason)
+		s.refusals.warn("connection refused", remote.Addr().String(), "client", remote.String(), "reason", reason)
 		return nil
 	}
 	cs := &connState{id: s.nextID.Add(1), conn: conn, remote: remote}
@@ -322,13 +394,29 @@ func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 		}
 	})
 	s.mu.Unlock()
-	ctx.SetValue(ctxConnState, cs)
-	// gliderlabs cancels ctx when the connection ends, whatever the cause.
-	context.AfterFunc(ctx, func() { s.connClosed(cs) })
+	return cs
+}
+
+// exchangeIdent sends bastion's identification, reads the client's (the
+// handshake deadline bounds the wait), and returns the connection x/crypto
+// will use.
+func (s *Server) exchangeIdent(cs *connState, conn net.Conn) (net.Conn, error) {
+	var c net.Conn = deadlineFreeConn{conn}
 	if rr, err := newReadReady(conn); err == nil {
-		return &readBufConn{deadlineFreeConn: deadlineFreeConn{conn}, rr: rr}
+		c = &readBufConn{deadlineFreeConn: deadlineFreeConn{conn}, rr: rr}
 	}
-	return deadlineFreeConn{conn}
+	sent := []byte(serverIdent + "\r\n")
+	if _, err := conn.Write(sent); err != nil {
+		return nil, err
+	}
+	ident, read, err := readIdent(c)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	cs.clientIdent = ident
+	s.mu.Unlock()
+	return &identConn{Conn: c, replay: read, sent: sent}, nil
 }
 
 func (s *Server) leaveUnauthLocked(cs *connState) {
@@ -434,23 +522,6 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Run serves on ln until ctx ends, then shuts down with the configured
-// drain grace. It returns nil after a shutdown, or Serve's error.
-func (s *Server) Run(ctx context.Context, ln net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("sshd: serve: %w", err)
-	case <-ctx.Done():
-	}
-	s.Shutdown(context.Background())
-	if err := <-errc; err != nil && !errors.Is(err, ErrServerClosed) {
-		return fmt.Errorf("sshd: serve: %w", err)
-	}
-	return nil
-}
-
 // DrainSummary reports how a shutdown went.
 type DrainSummary struct {
 	OpenAtStart int
@@ -519,6 +590,7 @@ func (s *Server) drain(ctx context.Context) (DrainSummary, error) {
 	}
 	s.mu.Unlock()
 	<-done
+	s.refusals.stop()
 	sum.Duration = time.Since(start)
 	s.log.Info("sshd stopped", "open_at_start", sum.OpenAtStart, "drained", sum.Drained, "cut", sum.Cut,
 		"duration_ms", sum.Duration.Milliseconds())

@@ -1236,33 +1236,3 @@ func TestShutdownContextCutsDrain(t *testing.T) {
 		t.Errorf("second Shutdown: %+v, %v", sum2, err)
 	}
 }
-
-func TestRunStopsOnCancel(t *testing.T) {
-	keys, err := ParseAuthorizedKeys([]byte(pubLine(t, "alice_ed25519")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{HostSigners: []gossh.Signer{testSigner(t, "host_ed25519")}, AuthorizedKeys: keys, DrainTimeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- s.Run(ctx, ln) }()
-	if _, err := readBanner(rawConn(t, ln.Addr().String(), "")); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("Run did not return")
-	}
-}

@@ -75,7 +75,7 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 	t.fingerprint = g.fingerprint
 
 	dest := Dest{Host: req.DestAddr, Port: int(req.DestPort)}
-	if r := s.cfg.Policy.Decide(g.access, dest); r != ReasonAllowed {
+	if r := s.policy.Load().Decide(g.access, dest); r != ReasonAllowed {
 		s.refuse(nc, t, gossh.Prohibited, string(r))
 		return
 	}
@@ -123,7 +123,7 @@ func (s *Server) dial(ctx context.Context, a Access, d Dest) (*net.TCPConn, erro
 				return &policyError{reason: ReasonNotAllowed}
 			}
 			dd := Dest{Host: d.Host, Port: int(ap.Port()), IP: ap.Addr().Unmap()}
-			if r := s.cfg.Policy.Decide(a, dd); r != ReasonAllowed {
+			if r := s.policy.Load().Decide(a, dd); r != ReasonAllowed {
 				pe := &policyError{reason: r}
 				mu.Lock()
 				if refusal == nil {

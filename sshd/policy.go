@@ -19,6 +19,7 @@ const (
 	ReasonCertNoForwarding Reason = "certificate lacks permit-port-forwarding"
 	ReasonPermitOpen       Reason = "destination not in the key's permitopen list"
 	ReasonDefaultDeny      Reason = "destination in the default deny list"
+	ReasonLocalAddress     Reason = "destination is an address of this host"
 	ReasonNotAllowed       Reason = "destination not in BASTION_ALLOW"
 	ReasonBadPort          Reason = "port out of range"
 )
@@ -183,6 +184,53 @@ func parsePortRange(s string) (int, int, error) {
 // Policy decides which destinations a tunnel may reach.
 type Policy struct {
 	Allow []AllowEntry // empty = any destination outside DefaultDeny
+	// Local are the addresses of this host's (the task's) own interfaces:
+	// sidecars bound to 0.0.0.0 answer on them. They are denied like
+	// DefaultDeny, and opened only by an entry that lies inside one.
+	Local []netip.Addr
+}
+
+// Embedded-IPv4 spellings: a NAT64 address, a 6to4 address and the old
+// IPv4-compatible form reach (or name) an IPv4 address; when that address is
+// denied, so is the spelling.
+var (
+	nat64Prefix      = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFourPrefix  = netip.MustParsePrefix("2002::/16")
+	v4CompatPrefix   = netip.MustParsePrefix("::/96")
+	v4CompatExcluded = netip.MustParsePrefix("::/127") // :: and ::1 are IPv6's own
+)
+
+// embeddedIPv4 returns the IPv4 address an IPv6 address embeds, if any.
+func embeddedIPv4(ip netip.Addr) (netip.Addr, bool) {
+	if !ip.Is6() || ip.Is4In6() {
+		return netip.Addr{}, false
+	}
+	b := ip.As16()
+	switch {
+	case nat64Prefix.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	case sixToFourPrefix.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	case v4CompatPrefix.Contains(ip) && !v4CompatExcluded.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	}
+	return netip.Addr{}, false
+}
+
+// deniedNetwork returns the denied network holding ip and the reason it is
+// denied, or an invalid prefix.
+func (p *Policy) deniedNetwork(ip netip.Addr) (netip.Prefix, Reason) {
+	for _, n := range DefaultDeny {
+		if n.Contains(ip) {
+			return n, ReasonDefaultDeny
+		}
+	}
+	for _, a := range p.Local {
+		if a.Unmap().WithZone("") == ip {
+			return netip.PrefixFrom(ip, ip.BitLen()), ReasonLocalAddress
+		}
+	}
+	return netip.Prefix{}, ""
 }
 
 // Access is what the authenticated key (or certificate) grants.
@@ -221,20 +269,18 @@ func (p *Policy) Decide(a Access, d Dest) Reason {
 		return ReasonAllowed
 	}
 	ip := d.IP.Unmap().WithZone("")
-	var denied netip.Prefix
-	for _, n := range DefaultDeny {
-		if n.Contains(ip) {
-			denied = n
-			break
+	if v4, ok := embeddedIPv4(ip); ok {
+		if n, _ := p.deniedNetwork(v4); n.IsValid() {
+			ip = v4
 		}
 	}
-	if denied.IsValid() {
+	if denied, reason := p.deniedNetwork(ip); denied.IsValid() {
 		for _, e := range p.Allow {
 			if e.opens(denied) && e.Prefix.Contains(ip) && e.portOK(d.Port) {
 				return ReasonAllowed
 			}
 		}
-		return ReasonDefaultDeny
+		return reason
 	}
 	if len(p.Allow) == 0 {
 		return ReasonAllowed

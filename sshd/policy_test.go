@@ -140,6 +140,7 @@ func TestDecide(t *testing.T) {
 	tests := []struct {
 		name   string
 		allow  string
+		local  string // comma-separated addresses of the host
 		access func(*testing.T) Access
 		dest   Dest
 		want   Reason
@@ -179,6 +180,27 @@ func TestDecide(t *testing.T) {
 		{name: "v6 loopback opened by ::1", allow: "::1", dest: Dest{Host: "::1", Port: 22, IP: ip("::1")}, want: ReasonAllowed},
 		{name: "this network opened by 0.0.0.0/8", allow: "0.0.0.0/8", dest: Dest{Host: "0.0.0.0", Port: 22, IP: ip("0.0.0.0")}, want: ReasonAllowed},
 		{name: "name resolving to loopback with an open name list", allow: "db.internal", dest: Dest{Host: "db.internal", Port: 5432, IP: ip("127.0.0.1")}, want: ReasonDefaultDeny},
+
+		// Embedded IPv4 spellings of a denied address.
+		{name: "nat64 of loopback", dest: Dest{Host: "64:ff9b::7f00:1", Port: 22, IP: ip("64:ff9b::7f00:1")}, want: ReasonDefaultDeny},
+		{name: "nat64 of metadata", dest: Dest{Host: "64:ff9b::a9fe:a9fe", Port: 80, IP: ip("64:ff9b::a9fe:a9fe")}, want: ReasonDefaultDeny},
+		{name: "6to4 of metadata", dest: Dest{Host: "2002:a9fe:a9fe::1", Port: 80, IP: ip("2002:a9fe:a9fe::1")}, want: ReasonDefaultDeny},
+		{name: "v4-compatible loopback", dest: Dest{Host: "::127.0.0.1", Port: 22, IP: ip("::127.0.0.1")}, want: ReasonDefaultDeny},
+		{name: "v4-compatible ecs credentials", dest: Dest{Host: "::169.254.170.2", Port: 80, IP: ip("::169.254.170.2")}, want: ReasonDefaultDeny},
+		{name: "nat64 of loopback opened by 127.0.0.1", allow: "127.0.0.1/32", dest: Dest{Host: "64:ff9b::7f00:1", Port: 22, IP: ip("64:ff9b::7f00:1")}, want: ReasonAllowed},
+		{name: "nat64 not opened by 64:ff9b::/96", allow: "64:ff9b::/96", dest: Dest{Host: "64:ff9b::7f00:1", Port: 22, IP: ip("64:ff9b::7f00:1")}, want: ReasonDefaultDeny},
+		{name: "nat64 of a public address stays v6", allow: "64:ff9b::/96", dest: Dest{Host: "64:ff9b::808:808", Port: 53, IP: ip("64:ff9b::808:808")}, want: ReasonAllowed},
+		{name: "nat64 of a public address, open allow list", dest: Dest{Host: "64:ff9b::808:808", Port: 53, IP: ip("64:ff9b::808:808")}, want: ReasonAllowed},
+		{name: "6to4 of a local address", local: "10.0.5.7", dest: Dest{Host: "2002:a00:507::1", Port: 22, IP: ip("2002:a00:507::1")}, want: ReasonLocalAddress},
+
+		// The host's own addresses.
+		{name: "own address", local: "10.0.5.7", dest: Dest{Host: "10.0.5.7", Port: 8080, IP: ip("10.0.5.7")}, want: ReasonLocalAddress},
+		{name: "own v6 address", local: "fd12::7", dest: Dest{Host: "fd12::7", Port: 8080, IP: ip("fd12::7")}, want: ReasonLocalAddress},
+		{name: "own address, mapped", local: "10.0.5.7", dest: Dest{Host: "::ffff:10.0.5.7", Port: 8080, IP: ip("::ffff:10.0.5.7")}, want: ReasonLocalAddress},
+		{name: "own address not opened by its network", local: "10.0.5.7", allow: "10.0.0.0/8", dest: Dest{Host: "10.0.5.7", Port: 8080, IP: ip("10.0.5.7")}, want: ReasonLocalAddress},
+		{name: "own address opened by itself", local: "10.0.5.7", allow: "10.0.5.7/32:8080", dest: Dest{Host: "10.0.5.7", Port: 8080, IP: ip("10.0.5.7")}, want: ReasonAllowed},
+		{name: "a neighbour is not local", local: "10.0.5.7", allow: "10.0.0.0/8", dest: Dest{Host: "10.0.5.8", Port: 8080, IP: ip("10.0.5.8")}, want: ReasonAllowed},
+		{name: "own link-local with zone", local: "fe80::1%eth0", dest: Dest{Host: "fe80::1", Port: 22, IP: ip("fe80::1")}, want: ReasonDefaultDeny},
 
 		// Explicit allow.
 		{name: "cidr and port", allow: "10.0.0.0/8:443", dest: Dest{Host: "10.1.2.3", Port: 443, IP: ip("10.1.2.3")}, want: ReasonAllowed},
@@ -245,6 +267,11 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := &Policy{Allow: mustAllow(t, tt.allow)}
+			for _, a := range strings.Split(tt.local, ",") {
+				if a != "" {
+					p.Local = append(p.Local, netip.MustParseAddr(a))
+				}
+			}
 			access := plain
 			if tt.access != nil {
 				access = tt.access
@@ -257,7 +284,7 @@ func TestDecide(t *testing.T) {
 }
 
 func TestReasonsDistinct(t *testing.T) {
-	all := []Reason{ReasonAllowed, ReasonNoPortForwarding, ReasonCertNoForwarding, ReasonPermitOpen,
+	all := []Reason{ReasonAllowed, ReasonNoPortForwarding, ReasonCertNoForwarding, ReasonPermitOpen, ReasonLocalAddress,
 		ReasonDefaultDeny, ReasonNotAllowed, ReasonBadPort}
 	seen := map[Reason]bool{}
 	for _, r := range all {

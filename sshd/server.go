@@ -138,7 +138,12 @@ type Server struct {
 	log *slog.Logger
 	srv *gliderssh.Server
 	// auth is the authorized-keys set in force; a reload swaps it whole.
-	auth     atomic.Pointer[authorizer]
+	auth atomic.Pointer[authorizer]
+	// policy is cfg.Policy with the host's current addresses.
+	policy   atomic.Pointer[Policy]
+	watchCtx context.Context // ends at shutdown: the address watch
+	unwatch  context.CancelFunc
+	watching sync.Once
 	refusals *refusalLog
 
 	// cut ends every tunnel when the drain grace is over.
@@ -177,6 +182,10 @@ func New(cfg Config) (*Server, error) {
 		unauthBySrc: map[netip.Addr]int{},
 	}
 	s.auth.Store(&authorizer{keys: cfg.AuthorizedKeys, clock: cfg.Clock})
+	policy := cfg.Policy
+	s.policy.Store(&policy)
+	s.refreshLocalAddrs()
+	s.watchCtx, s.unwatch = context.WithCancel(context.Background())
 	s.cutCtx, s.cut = context.WithCancel(context.Background())
 	signers := make([]gliderssh.Signer, len(cfg.HostSigners))
 	for i, k := range cfg.HostSigners {
@@ -512,6 +521,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
+	s.watching.Do(func() { go s.watchLocalAddrs(s.watchCtx) })
 	err := s.srv.Serve(ln)
 	s.mu.Lock()
 	draining := s.draining
@@ -591,6 +601,7 @@ func (s *Server) drain(ctx context.Context) (DrainSummary, error) {
 	s.mu.Unlock()
 	<-done
 	s.refusals.stop()
+	s.unwatch()
 	sum.Duration = time.Since(start)
 	s.log.Info("sshd stopped", "open_at_start", sum.OpenAtStart, "drained", sum.Drained, "cut", sum.Cut,
 		"duration_ms", sum.Duration.Milliseconds())

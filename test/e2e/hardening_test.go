@@ -319,3 +319,71 @@ func TestLogVolumeBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnAddressesDenied: a sidecar bound to 0.0.0.0 in the task's network
+// namespace answers on the task's own addresses; they are denied like
+// loopback (an address added while running too), in every IPv6 spelling
+// that embeds them, while a neighbour stays reachable.
+func TestOwnAddressesDenied(t *testing.T) {
+	t.Parallel()
+	harness.RequireTools(t, "ssh", "unshare", "nsenter", "ip")
+	bin, _ := harness.Build(t)
+	dir := t.TempDir()
+	client := harness.Keygen(t, dir, "client")
+	hostKey := harness.Keygen(t, dir, "host")
+	peer, link := peerNetns(t, "10.98.0.1/24", "10.98.0.2/24")
+	cmd := exec.Command("unshare", "--net", "--fork", "--", "sh", "-c", "set -e; "+link+`exec "$0"`, bin)
+	cmd.Env = harness.BaseEnv(map[string]string{
+		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  harness.B64(client.Pub + "\n"),
+		"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": harness.B64(hostKey.PEM(t)),
+		"BASTION_SSH_ADDR":                   "127.0.0.1:2222",
+	})
+	p := harness.Start(t, cmd)
+	p.Log.WaitFor(t, 30*time.Second, "bastion started", nil)
+	pid := p.Cmd.Process.Pid
+
+	neighbour := listenInNetnsPath(t, "/var/run/netns/"+peer, "10.98.0.2:0")
+	harness.ServeListener(t, neighbour, harness.Echo)
+	sidecar := listenInNetns(t, pid, "0.0.0.0:0")
+	harness.ServeListener(t, sidecar, harness.Echo)
+	sport := sidecar.Addr().(*net.TCPAddr).Port
+
+	ssh := func(dest string) result {
+		return run(t, strings.NewReader("to "+dest+"\n"), 30*time.Second, "nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", pid), "--",
+			"ssh", "-F", "none", "-i", client.Path, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+			"-p", "2222", "-W", dest, "root@127.0.0.1")
+	}
+	if r := ssh(neighbour.Addr().String()); r.code != 0 || r.stdout != "to "+neighbour.Addr().String()+"\n" {
+		t.Fatalf("neighbour: %+v", r)
+	}
+	refused := func(dest string) {
+		t.Helper()
+		if r := ssh(dest); r.code == 0 || !strings.Contains(r.stderr, "administratively prohibited") {
+			t.Errorf("%s: %+v, want administratively prohibited", dest, r)
+		}
+	}
+	for _, dest := range []string{
+		fmt.Sprintf("10.98.0.1:%d", sport),
+		fmt.Sprintf("[64:ff9b::a62:1]:%d", sport),  // NAT64 spelling of 10.98.0.1
+		fmt.Sprintf("[2002:a62:1::1]:%d", sport),   // 6to4
+		fmt.Sprintf("[::10.98.0.1]:%d", sport),     // IPv4-compatible
+		fmt.Sprintf("[64:ff9b::7f00:1]:%d", sport), // NAT64 loopback
+	} {
+		refused(dest)
+	}
+	p.Log.WaitFor(t, 10*time.Second, "tunnel refused", map[string]string{"requested": fmt.Sprintf("10.98.0.1:%d", sport), "reason": "destination is an address of this host"})
+
+	// An address added while running is denied once the kernel reports it.
+	if out, err := exec.Command("nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", pid), "--", "ip", "addr", "add", "10.98.0.9/24", "dev", "veth0").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v %s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.Log.String(), `"10.98.0.9"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log of the new local address:\n%s", p.Log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	refused(fmt.Sprintf("10.98.0.9:%d", sport))
+}

@@ -7,13 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bastion-dev/bastion/test/harness"
 )
@@ -40,58 +37,6 @@ func readmeRunCommand(t *testing.T) string {
 	return cmd
 }
 
-// listenInNetns opens a TCP listener inside the network namespace of pid:
-// the socket keeps its namespace after the thread that made it went back.
-//
-// The thread must go back and be unlocked, not be left locked for the
-// runtime to discard: the harness starts processes with Pdeathsig, which
-// fires when the forking *thread* ends, so a discarded thread would SIGKILL
-// whatever other tests had started from it.
-func listenInNetns(t *testing.T, pid int, addr string) net.Listener {
-	t.Helper()
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("setns: %w", err)}
-			return
-		}
-		ln, lerr := net.Listen("tcp", addr)
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// Neither unlock (the thread is in the wrong namespace) nor
-			// exit (see above): park it for the rest of the test process.
-			ch <- result{err: fmt.Errorf("setns back: %w", err)}
-			select {}
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ln, lerr}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("listen %s in the namespace of %d: %v", addr, pid, r.err)
-	}
-	return r.ln
-}
-
 // TestReadmeLocalRun runs the README's first command exactly as written, in
 // a network namespace of its own (so its fixed port 2222 is free) with a
 // fresh HOME (so it generates the user's key), and uses the running bastion
@@ -112,8 +57,11 @@ func TestReadmeLocalRun(t *testing.T) {
 	for i, name := range []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN"} {
 		env = append(env, name+"="+strings.Split(string(goenv), "\n")[i])
 	}
-	// 10.99.0.1 on lo is an address the default policy does not deny.
-	script := "set -e; ip link set lo up; ip addr add 10.99.0.1/32 dev lo; " + command
+	// The bastion's namespace is linked to a peer namespace, another host:
+	// its own address is denied like any address of the bastion's host, the
+	// peer's is reachable.
+	peer, link := peerNetns(t, "10.99.0.1/24", "10.99.0.2/24")
+	script := "set -e; " + link + command
 	cmd := exec.Command("unshare", "--net", "--fork", "--", "sh", "-c", script)
 	cmd.Dir = harness.ModuleRoot(t)
 	cmd.Env = env
@@ -143,8 +91,10 @@ func TestReadmeLocalRun(t *testing.T) {
 		t.Fatalf("the README command did not create the user key: %v", err)
 	}
 
-	ln := listenInNetns(t, p.Cmd.Process.Pid, "10.99.0.1:0")
+	ln := listenInNetnsPath(t, "/var/run/netns/"+peer, "10.99.0.2:0")
 	harness.ServeListener(t, ln, harness.Echo)
+	own := listenInNetns(t, p.Cmd.Process.Pid, "0.0.0.0:0")
+	harness.ServeListener(t, own, harness.Echo)
 
 	ssh := func(identity, dest string) (string, string, error) {
 		c := exec.Command("nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", p.Cmd.Process.Pid), "--",
@@ -164,6 +114,10 @@ func TestReadmeLocalRun(t *testing.T) {
 	}
 	if _, stderr, err := ssh(key, "127.0.0.1:2222"); err == nil || !strings.Contains(stderr, "administratively prohibited") {
 		t.Errorf("loopback through the README bastion: err %v, want administratively prohibited\n%s", err, stderr)
+	}
+	ownAddr := fmt.Sprintf("10.99.0.1:%d", own.Addr().(*net.TCPAddr).Port)
+	if _, stderr, err := ssh(key, ownAddr); err == nil || !strings.Contains(stderr, "administratively prohibited") {
+		t.Errorf("the bastion's own address %s: err %v, want administratively prohibited\n%s", ownAddr, err, stderr)
 	}
 	other := harness.Keygen(t, t.TempDir(), "stranger")
 	if _, stderr, err := ssh(other.Path, ln.Addr().String()); err == nil || !strings.Contains(stderr, "Permission denied") {

@@ -34,6 +34,8 @@ type Env struct {
 	MaxStartups          int           `envconfig:"BASTION_MAX_STARTUPS" default:"64" desc:"unauthenticated connections in total; more are refused before the handshake"`
 	MaxStartupsPerSource int           `envconfig:"BASTION_MAX_STARTUPS_PER_SOURCE" default:"16" desc:"unauthenticated connections per client address"`
 	MaxTunnelsPerConn    int           `envconfig:"BASTION_MAX_TUNNELS_PER_CONN" default:"100" desc:"open tunnels per SSH connection"`
+	MaxTunnels           int           `envconfig:"BASTION_MAX_TUNNELS" default:"0" desc:"open tunnels in all; one key may hold half; 0 = from the memory limit (each tunnel may buffer about 2.3 MiB: a 512 MiB task gets about 130)"`
+	MaxConnectionsPerKey int           `envconfig:"BASTION_MAX_CONNECTIONS_PER_KEY" default:"64" desc:"authenticated connections per key (a certificate counts as its key)"`
 	KeepaliveInterval    time.Duration `envconfig:"BASTION_KEEPALIVE_INTERVAL" default:"15s" desc:"keepalive probe interval (like ClientAliveInterval); 0 disables"`
 	KeepaliveCountMax    int           `envconfig:"BASTION_KEEPALIVE_COUNT_MAX" default:"3" desc:"unanswered keepalives before a connection is dropped"`
 	DialTimeout          time.Duration `envconfig:"BASTION_DIAL_TIMEOUT" default:"10s" desc:"timeout for connecting to a tunnel destination"`

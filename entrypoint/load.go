@@ -104,12 +104,16 @@ func (c *Config) validate(e *Env) error {
 		{"BASTION_MAX_STARTUPS", e.MaxStartups},
 		{"BASTION_MAX_STARTUPS_PER_SOURCE", e.MaxStartupsPerSource},
 		{"BASTION_MAX_TUNNELS_PER_CONN", e.MaxTunnelsPerConn},
+		{"BASTION_MAX_CONNECTIONS_PER_KEY", e.MaxConnectionsPerKey},
 		{"BASTION_KEEPALIVE_COUNT_MAX", e.KeepaliveCountMax},
 	}
 	for _, p := range counts {
 		if p.n < 1 {
 			return fmt.Errorf("entrypoint: %s: must be at least 1", p.name)
 		}
+	}
+	if e.MaxTunnels < 0 {
+		return errors.New("entrypoint: BASTION_MAX_TUNNELS: must be 0 (from the memory limit) or positive")
 	}
 	if e.AgentRestarts < 0 {
 		return errors.New("entrypoint: BASTION_SSM_AGENT_RESTARTS: must be 0 or more")

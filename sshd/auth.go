@@ -282,7 +282,11 @@ func (s *Server) verifiedPublicKey(ctx gliderssh.Context, md gossh.ConnMetadata,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := cs.checkUserLocked(md.User()); err != nil {
+	err := cs.checkUserLocked(md.User())
+	if err == nil {
+		err = s.reserveKeySlotLocked(cs, g.fingerprint)
+	}
+	if err != nil {
 		refused := *g
 		refused.err = err
 		cs.attempt = &refused

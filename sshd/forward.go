@@ -26,8 +26,9 @@ type directTCPIPRequest struct {
 
 // The client is told only these; the cause goes to the audit log.
 const (
-	msgProhibited    = "administratively prohibited"
-	msgConnectFailed = "connect failed"
+	msgProhibited       = "administratively prohibited"
+	msgConnectFailed    = "connect failed"
+	msgResourceShortage = "resource shortage"
 )
 
 // policyError carries a refusal out of the dialer's control hook.
@@ -44,9 +45,9 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 	}
 	t := &tunnel{
 		start:     time.Now(),
-		user:      ctx.User(),
+		user:      capField(ctx.User()),
 		client:    cs.remote.String(),
-		requested: net.JoinHostPort(unbracket(req.DestAddr), strconv.FormatUint(uint64(req.DestPort), 10)),
+		requested: capField(net.JoinHostPort(unbracket(req.DestAddr), strconv.FormatUint(uint64(req.DestPort), 10))),
 	}
 
 	s.mu.Lock()
@@ -61,17 +62,22 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		t.fingerprint = g.fingerprint
 		s.refuse(nc, t, gossh.Prohibited, "server shutting down")
 		return
-	case cs.tunnels >= s.cfg.MaxTunnelsPerConn:
+	}
+	if reason, limit := s.tunnelShortageLocked(cs, g.fingerprint); reason != "" {
 		s.mu.Unlock()
 		t.fingerprint = g.fingerprint
-		s.refuse(nc, t, gossh.ResourceShortage, "too many tunnels on this connection")
+		s.refuse(nc, t, gossh.ResourceShortage, reason, "limit", limit)
 		return
 	}
 	cs.tunnels++
+	s.tunnelsByKey[g.fingerprint]++
 	s.tunnels.Add(1)
-	s.openCount.Add(1)
+	open := s.openCount.Add(1)
 	s.mu.Unlock()
-	defer s.tunnelEnded(cs)
+	if s.cfg.TunnelCount != nil {
+		s.cfg.TunnelCount(int(open))
+	}
+	defer s.tunnelEnded(cs, g.fingerprint)
 	t.fingerprint = g.fingerprint
 
 	dest := Dest{Host: req.DestAddr, Port: int(req.DestPort)}
@@ -159,14 +165,17 @@ type tunnel struct {
 	reason      string
 }
 
-func (s *Server) refuse(nc gossh.NewChannel, t *tunnel, code gossh.RejectionReason, reason string) {
-	msg := msgProhibited
-	if code != gossh.Prohibited {
-		msg = msgConnectFailed
+func (s *Server) refuse(nc gossh.NewChannel, t *tunnel, code gossh.RejectionReason, reason string, attrs ...any) {
+	msg := msgConnectFailed
+	switch code {
+	case gossh.Prohibited:
+		msg = msgProhibited
+	case gossh.ResourceShortage:
+		msg = msgResourceShortage
 	}
 	nc.Reject(code, msg)
-	s.log.Info("tunnel refused", "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
-		"requested", t.requested, "reason", reason)
+	s.log.Info("tunnel refused", append([]any{"user", t.user, "fingerprint", t.fingerprint, "client", t.client,
+		"requested", t.requested, "reason", reason}, attrs...)...)
 }
 
 func (s *Server) logTunnel(t *tunnel) {

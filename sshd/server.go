@@ -93,12 +93,22 @@ type Config struct {
 	MaxStartups          int           // unauthenticated connections in total; default 64
 	MaxStartupsPerSource int           // unauthenticated connections per client address; default 16
 	MaxTunnelsPerConn    int           // open direct-tcpip channels per connection; default 100
-	KeepaliveInterval    time.Duration // default 15s; negative disables
-	KeepaliveCountMax    int           // unanswered keepalives before the connection is dropped; default 3
-	DialTimeout          time.Duration // default 10s
-	DrainTimeout         time.Duration // grace for open tunnels at shutdown; default 10s
-	Resolver             *net.Resolver // nil = net.DefaultResolver
-	Clock                func() time.Time
+	// MaxTunnels bounds open tunnels in all, so that the data they can
+	// buffer fits in memory; one key may hold at most half of them.
+	// Default 1000.
+	MaxTunnels int
+	// MaxConnectionsPerKey bounds authenticated connections per key (the
+	// certificate's key for a certificate); default 64.
+	MaxConnectionsPerKey int
+	// TunnelCount, when set, is told the number of open tunnels after
+	// each change (membudget.Reclaimer returns memory after a burst).
+	TunnelCount       func(open int)
+	KeepaliveInterval time.Duration // default 15s; negative disables
+	KeepaliveCountMax int           // unanswered keepalives before the connection is dropped; default 3
+	DialTimeout       time.Duration // default 10s
+	DrainTimeout      time.Duration // grace for open tunnels at shutdown; default 10s
+	Resolver          *net.Resolver // nil = net.DefaultResolver
+	Clock             func() time.Time
 }
 
 func (c *Config) setDefaults() {
@@ -120,6 +130,8 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxStartups, 64)
 	defInt(&c.MaxStartupsPerSource, 16)
 	defInt(&c.MaxTunnelsPerConn, 100)
+	defInt(&c.MaxTunnels, 1000)
+	defInt(&c.MaxConnectionsPerKey, 64)
 	defInt(&c.KeepaliveCountMax, 3)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -160,7 +172,11 @@ type Server struct {
 
 	tunnels   sync.WaitGroup
 	openCount atomic.Int64
-	nextID    atomic.Uint64
+	// guarded by mu: per key fingerprint, authenticated connections and
+	// open tunnels
+	connsByKey   map[string]int
+	tunnelsByKey map[string]int
+	nextID       atomic.Uint64
 }
 
 // New validates cfg and builds a server. It refuses an unusable config
@@ -175,11 +191,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("sshd: no authorized keys")
 	}
 	s := &Server{
-		cfg:         cfg,
-		log:         cfg.Logger,
-		refusals:    newRefusalLog(cfg.Logger),
-		conns:       map[*connState]struct{}{},
-		unauthBySrc: map[netip.Addr]int{},
+		cfg:          cfg,
+		log:          cfg.Logger,
+		refusals:     newRefusalLog(cfg.Logger),
+		conns:        map[*connState]struct{}{},
+		unauthBySrc:  map[netip.Addr]int{},
+		connsByKey:   map[string]int{},
+		tunnelsByKey: map[string]int{},
 	}
 	s.auth.Store(&authorizer{keys: cfg.AuthorizedKeys, clock: cfg.Clock})
 	policy := cfg.Policy
@@ -281,6 +299,7 @@ type connState struct {
 	authed      bool
 	access      *grant
 	tunnels     int
+	keyFP       string // the key whose connection slot this holds, once authenticated
 	sshConn     gossh.Conn
 	closed      bool
 	hsTimer     *time.Timer
@@ -447,6 +466,9 @@ func (s *Server) connClosed(cs *connState) {
 	if !cs.authed {
 		s.leaveUnauthLocked(cs)
 	}
+	if cs.keyFP != "" {
+		decrement(s.connsByKey, cs.keyFP)
+	}
 	cs.hsTimer.Stop()
 	if cs.kaTimer != nil {
 		cs.kaTimer.Stop()
@@ -610,14 +632,27 @@ func (s *Server) drain(ctx context.Context) (DrainSummary, error) {
 
 // tunnelEnded updates counts when a tunnel closes; during a drain, a
 // connection left without tunnels is closed.
-func (s *Server) tunnelEnded(cs *connState) {
+func (s *Server) tunnelEnded(cs *connState, keyFP string) {
 	s.mu.Lock()
 	cs.tunnels--
+	decrement(s.tunnelsByKey, keyFP)
 	closeIt := s.draining && cs.tunnels == 0
 	s.mu.Unlock()
-	s.openCount.Add(-1)
+	open := s.openCount.Add(-1)
+	if s.cfg.TunnelCount != nil {
+		s.cfg.TunnelCount(int(open))
+	}
 	if closeIt {
 		cs.conn.Close()
 	}
 	s.tunnels.Done()
+}
+
+// decrement lowers m[k], removing it at zero.
+func decrement(m map[string]int, k string) {
+	if n := m[k] - 1; n > 0 {
+		m[k] = n
+	} else {
+		delete(m, k)
+	}
 }

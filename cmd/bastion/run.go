@@ -13,6 +13,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-dev/bastion/entrypoint"
+	"github.com/bastion-dev/bastion/internal/membudget"
 	"github.com/bastion-dev/bastion/sshd"
 	"github.com/bastion-dev/bastion/ssm"
 	"github.com/bastion-dev/bastion/supervisor"
@@ -63,6 +64,8 @@ func run() int {
 	if !cfg.Env.AgentTaskRole {
 		drop = append(drop, taskRoleVars...)
 	}
+	budget, maxTunnels, reclaimer := memoryBudget(cfg, log)
+	defer reclaimer.Stop()
 	sup := supervisor.New(supervisor.Options{Logger: log, DropEnv: drop})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -77,7 +80,10 @@ func run() int {
 		}
 	}()
 
-	srv, err := sshd.New(sshdConfig(cfg, log))
+	scfg := sshdConfig(cfg, log)
+	scfg.MaxTunnels = maxTunnels
+	scfg.TunnelCount = reclaimer.Note
+	srv, err := sshd.New(scfg)
 	if err != nil {
 		log.Error("ssh server", "error", err.Error())
 		return supervisor.ExitSSH
@@ -92,7 +98,8 @@ func run() int {
 	log.Info("bastion started", "pid", os.Getpid(), "ssh_addr", ln.Addr().String(),
 		"host_key", gossh.FingerprintSHA256(cfg.HostSigner.PublicKey()),
 		"host_key_ephemeral", cfg.HostKeyEphemeral, "authorized_keys", len(cfg.AuthorizedKeys),
-		"allow", len(cfg.Allow), "ssm", cfg.SSM, "stop_timeout", cfg.Env.StopTimeout.String())
+		"allow", len(cfg.Allow), "ssm", cfg.SSM, "stop_timeout", cfg.Env.StopTimeout.String(),
+		"memory_budget", budget.String(), "max_tunnels", maxTunnels)
 
 	exit := supervisor.ExitOK
 	var lc *ssm.Lifecycle
@@ -187,11 +194,38 @@ func sshdConfig(cfg *entrypoint.Config, log *slog.Logger) sshd.Config {
 		MaxStartups:          e.MaxStartups,
 		MaxStartupsPerSource: e.MaxStartupsPerSource,
 		MaxTunnelsPerConn:    e.MaxTunnelsPerConn,
+		MaxConnectionsPerKey: e.MaxConnectionsPerKey,
 		KeepaliveInterval:    e.KeepaliveInterval,
 		KeepaliveCountMax:    e.KeepaliveCountMax,
 		DialTimeout:          e.DialTimeout,
 		DrainTimeout:         e.DrainTimeout,
 	}
+}
+
+// memoryBudget sizes the process to the container's memory limit: the Go
+// runtime's soft limit (unless GOMEMLIMIT is set) and, unless
+// BASTION_MAX_TUNNELS is, how many tunnels may be open at once. The
+// reclaimer returns memory to the OS after a burst of tunnels closes.
+func memoryBudget(cfg *entrypoint.Config, log *slog.Logger) (membudget.Budget, int, *membudget.Reclaimer) {
+	budget, err := membudget.Detect()
+	if err != nil {
+		// Without a figure, assume a small task rather than none.
+		log.Warn("memory limit unknown; assuming 512 MiB", "error", err.Error())
+		budget = membudget.Budget{Limit: 512 << 20, Source: "assumed"}
+	}
+	goLimit, set := membudget.SetGoLimit(budget)
+	maxTunnels := cfg.Env.MaxTunnels
+	if maxTunnels == 0 {
+		maxTunnels = membudget.Tunnels(budget)
+	}
+	from := "budget"
+	if !set {
+		from = "GOMEMLIMIT"
+	}
+	log.Info("memory budget", "limit_mib", budget.Limit>>20, "source", budget.Source,
+		"go_memory_limit_mib", goLimit>>20, "go_memory_limit_from", from,
+		"max_tunnels", maxTunnels, "max_tunnels_per_key", sshd.TunnelsPerKey(maxTunnels))
+	return budget, maxTunnels, &membudget.Reclaimer{}
 }
 
 // starter adapts the supervisor to the ssm package's narrow interface.

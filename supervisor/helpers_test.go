@@ -191,7 +191,7 @@ func helperChildEnv(h *helper) int {
 		os.Setenv(name, "secret-"+name)
 	}
 	os.Setenv("KEEP_ME", "1")
-	if err := Setup(); err != nil {
+	if err := Setup(SetupOptions{}); err != nil {
 		h.failf("Setup: %v", err)
 	}
 	if fl, _ := unix.FcntlInt(uintptr(leak), unix.F_GETFD, 0); fl&unix.FD_CLOEXEC == 0 {

@@ -124,7 +124,7 @@ func (h *helper) metric(name string, v any) { fmt.Printf("METRIC %s %v\n", name,
 
 // init does what cmd/bastion's main does: Setup, New, Run.
 func (h *helper) init() *Supervisor {
-	if err := Setup(); err != nil {
+	if err := Setup(SetupOptions{}); err != nil {
 		h.failf("Setup: %v", err)
 	}
 	return h.start()

@@ -43,7 +43,7 @@ const gcPercent = 200
 // run is the container entrypoint: load config, start the SSH server and
 // (with SSM) the agent under the supervisor, then shut down in order.
 func run() int {
-	setupErr := supervisor.Setup()
+	setupErr := supervisor.Setup(supervisor.SetupOptions{HideEnv: entrypoint.SecretVars})
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(gcPercent)
 	}

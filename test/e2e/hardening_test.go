@@ -106,6 +106,7 @@ func TestSecurityKeyTouchEnforced(t *testing.T) {
 	if _, err := goDial(t, b, "root", waived); err != nil {
 		t.Errorf("no-touch-required key refused: %v", err)
 	}
+	b.Log.WaitFor(t, 10*time.Second, "auth", map[string]string{"result": "accepted", "fingerprint": gossh.FingerprintSHA256(waived.PublicKey())})
 	accepted := b.Log.Find("auth", map[string]string{"result": "accepted"})
 	for _, l := range accepted {
 		if l["fingerprint"] == gossh.FingerprintSHA256(untouched.PublicKey()) {
@@ -386,4 +387,54 @@ func TestOwnAddressesDenied(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	refused(fmt.Sprintf("10.98.0.9:%d", sport))
+}
+
+// TestSecretsNotInProcEnviron: the kernel keeps the environment a process
+// was exec'd with in /proc/<pid>/environ, readable by any root process of
+// the container (an SSM shell); the bastion re-executes itself so that its
+// own copy holds neither the host private key nor the authorized keys. As
+// PID 1 of a PID namespace and as a plain process.
+func TestSecretsNotInProcEnviron(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	user := harness.Keygen(t, dir, "user")
+	for _, ns := range []bool{true, false} {
+		t.Run(fmt.Sprintf("namespaced=%v", ns), func(t *testing.T) {
+			b := harness.StartBastion(t, dir, harness.BastionOptions{Namespaced: ns, Env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": harness.B64(user.Pub + "\n"),
+			}})
+			environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", b.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(environ), "BASTION_SSH_ADDR=") {
+				t.Fatalf("read the wrong process's environ: %q", environ)
+			}
+			for _, secret := range []string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "SSH_PUBLIC_HOST_KEY_BASE64ENCODED", "ROOT_PUBLIC_SSH_KEY_BASE64ENCODED",
+				harness.B64(b.HostKey.PEM(t)), harness.B64(user.Pub + "\n"),
+			} {
+				if strings.Contains(string(environ), secret) {
+					t.Errorf("/proc/%d/environ holds %.40s…", b.Pid, secret)
+				}
+			}
+			// And the secrets still took effect.
+			if _, err := goDial(t, b, "root", mustSigner(t, user)); err != nil {
+				t.Errorf("authorized key refused after the re-exec: %v", err)
+			}
+		})
+	}
+}
+
+func mustSigner(t *testing.T, k harness.Key) gossh.Signer {
+	t.Helper()
+	b, err := os.ReadFile(k.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gossh.ParsePrivateKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

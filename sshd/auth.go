@@ -328,7 +328,7 @@ func (s *Server) authLog(ctx gliderssh.Context, md gossh.ConnMetadata, method st
 	if method != "publickey" || g == nil || (err != nil && g.err == nil) || (err == nil && g.err != nil) {
 		g = nil
 	}
-	attrs := []any{"user", capField(md.User()), "client", cs.remote.String(), "method", method}
+	attrs := append(s.connAttrs(cs), "user", capField(md.User()), "client", cs.remote.String(), "method", method)
 	result := "accepted"
 	if err != nil || userErr != nil {
 		result = "refused"
@@ -378,5 +378,8 @@ func (s *Server) authLog(ctx gliderssh.Context, md gossh.ConnMetadata, method st
 	}
 	if err == nil && g != nil {
 		s.authenticated(ctx, cs, g)
+		if s.cfg.Audit != nil {
+			s.cfg.Audit.SessionStarted(s.sessionEvent(cs))
+		}
 	}
 }

@@ -44,6 +44,7 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		return
 	}
 	t := &tunnel{
+		cs:        cs,
 		start:     time.Now(),
 		user:      capField(ctx.User()),
 		client:    cs.remote.String(),
@@ -70,6 +71,7 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		return
 	}
 	cs.tunnels++
+	cs.opened++
 	s.tunnelsByKey[g.fingerprint]++
 	s.tunnels.Add(1)
 	open := s.openCount.Add(1)
@@ -104,7 +106,12 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		return
 	}
 	go gossh.DiscardRequests(reqs)
-	t.up, t.down, t.reason = s.pipe(ctx, ch, target)
+	s.log.Info("tunnel open", append(s.connAttrs(cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
+		"requested", t.requested, "dialed", t.dialed)...)
+	if s.cfg.Audit != nil {
+		s.cfg.Audit.TunnelOpened(s.sessionEvent(cs), t.requested)
+	}
+	t.up, t.down, t.reason = s.pipe(ctx, cs, ch, target)
 	s.logTunnel(t)
 }
 
@@ -155,6 +162,7 @@ func (s *Server) dial(ctx context.Context, a Access, d Dest) (*net.TCPConn, erro
 
 // tunnel is the audit record of one direct-tcpip channel.
 type tunnel struct {
+	cs          *connState
 	start       time.Time
 	user        string
 	fingerprint string
@@ -174,14 +182,14 @@ func (s *Server) refuse(nc gossh.NewChannel, t *tunnel, code gossh.RejectionReas
 		msg = msgResourceShortage
 	}
 	nc.Reject(code, msg)
-	s.log.Info("tunnel refused", append([]any{"user", t.user, "fingerprint", t.fingerprint, "client", t.client,
-		"requested", t.requested, "reason", reason}, attrs...)...)
+	s.log.Info("tunnel refused", append(append(s.connAttrs(t.cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
+		"requested", t.requested, "reason", reason), attrs...)...)
 }
 
 func (s *Server) logTunnel(t *tunnel) {
-	s.log.Info("tunnel", "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
+	s.log.Info("tunnel", append(s.connAttrs(t.cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
 		"requested", t.requested, "dialed", t.dialed, "bytes_up", t.up, "bytes_down", t.down,
-		"duration_ms", time.Since(t.start).Milliseconds(), "close_reason", t.reason)
+		"duration_ms", time.Since(t.start).Milliseconds(), "close_reason", t.reason)...)
 }
 
 // Copy buffers. An idle tunnel holds none of the pooled ones: the target is
@@ -200,7 +208,7 @@ var bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkBufSize); retur
 // FIN to the target (CloseWrite), EOF from the target becomes an SSH EOF to
 // the client. It returns when both directions are done, or when the
 // connection ends or the drain grace runs out, whichever comes first.
-func (s *Server) pipe(ctx context.Context, ch gossh.Channel, target *net.TCPConn) (up, down int64, reason string) {
+func (s *Server) pipe(ctx context.Context, cs *connState, ch gossh.Channel, target *net.TCPConn) (up, down int64, reason string) {
 	var once sync.Once
 	forced := ""
 	stop := func(why string) {
@@ -217,7 +225,13 @@ func (s *Server) pipe(ctx context.Context, ch gossh.Channel, target *net.TCPConn
 			stop("shutdown grace ended")
 			return
 		}
-		stop("ssh connection closed")
+		s.mu.Lock()
+		why := cs.closeReason
+		s.mu.Unlock()
+		if why == "" {
+			why = "ssh connection closed"
+		}
+		stop(why)
 	})
 	defer stopConn()
 	stopCut := context.AfterFunc(s.cutCtx, func() { stop("shutdown grace ended") })
@@ -228,7 +242,7 @@ func (s *Server) pipe(ctx context.Context, ch gossh.Channel, target *net.TCPConn
 	upDone := make(chan struct{})
 	go func() {
 		defer close(upDone)
-		n, err := copyFromChannel(target, ch)
+		n, err := copyFromChannel(target, ch, cs.touch)
 		up = n
 		if err != nil {
 			stop("client side: " + err.Error())
@@ -236,7 +250,7 @@ func (s *Server) pipe(ctx context.Context, ch gossh.Channel, target *net.TCPConn
 		}
 		target.CloseWrite()
 	}()
-	n, err := copyFromTarget(ch, target)
+	n, err := copyFromTarget(ch, target, cs.touch)
 	down = n
 	if err != nil {
 		stop("target side: " + err.Error())
@@ -260,7 +274,7 @@ func (s *Server) pipe(ctx context.Context, ch gossh.Channel, target *net.TCPConn
 // copyFromChannel copies the channel to dst. It reads into a small buffer
 // while the traffic is interactive and switches to a pooled bulk buffer
 // once a read fills the small one, until a read comes back small again.
-func copyFromChannel(dst io.Writer, src io.Reader) (int64, error) {
+func copyFromChannel(dst io.Writer, src io.Reader, touch func()) (int64, error) {
 	small := make([]byte, smallBufSize)
 	var bp *[]byte
 	defer func() {
@@ -276,6 +290,7 @@ func copyFromChannel(dst io.Writer, src io.Reader) (int64, error) {
 		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
+			touch()
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr == nil && w != n {
@@ -303,18 +318,19 @@ func copyFromChannel(dst io.Writer, src io.Reader) (int64, error) {
 
 // copyFromTarget copies the target to dst with a pooled buffer taken only
 // while the socket has data.
-func copyFromTarget(dst io.Writer, src *net.TCPConn) (int64, error) {
+func copyFromTarget(dst io.Writer, src *net.TCPConn, touch func()) (int64, error) {
 	rr, err := newReadReady(src)
 	if err != nil {
 		bp := bulkBufs.Get().(*[]byte)
 		defer bulkBufs.Put(bp)
-		return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+		return io.CopyBuffer(struct{ io.Writer }{dst}, touchReader{src, touch}, *bp)
 	}
 	defer rr.release()
 	var total int64
 	for {
 		buf, err := rr.read()
 		if len(buf) > 0 {
+			touch()
 			w, werr := dst.Write(buf)
 			total += int64(w)
 			if werr == nil && w != len(buf) {
@@ -331,6 +347,20 @@ func copyFromTarget(dst io.Writer, src *net.TCPConn) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// touchReader marks activity on every read that returns data.
+type touchReader struct {
+	r     io.Reader
+	touch func()
+}
+
+func (t touchReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		t.touch()
+	}
+	return n, err
 }
 
 // readReady reads a socket without holding a buffer while it waits: the

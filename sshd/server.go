@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -87,28 +86,47 @@ type Config struct {
 	AuthorizedKeys []AuthorizedKey
 	Policy         Policy
 	Logger         *slog.Logger // nil = discard
+	Clock          func() time.Time
+	Resolver       *net.Resolver // nil = net.DefaultResolver
 
-	HandshakeTimeout     time.Duration // handshake + auth deadline; default 30s
-	MaxAuthTries         int           // default 6
-	MaxStartups          int           // unauthenticated connections in total; default 64
-	MaxStartupsPerSource int           // unauthenticated connections per client address; default 16
-	MaxTunnelsPerConn    int           // open direct-tcpip channels per connection; default 100
+	// Before authentication.
+	HandshakeTimeout time.Duration // handshake + auth deadline; default 30s
+	MaxAuthTries     int           // default 6
+	// MaxStartups limits unauthenticated connections in all; default
+	// 64:30:128.
+	MaxStartups Startups
+	// MaxStartupsPerSource limits unauthenticated connections per SSM
+	// session (for session workers) or per client address; default 24:30:48.
+	MaxStartupsPerSource Startups
+	// Peers names the process behind loopback connections; nil = nobody.
+	Peers PeerIdentifier
+
+	// Connections and tunnels.
+	// MaxConnectionsPerKey bounds authenticated connections per key (the
+	// certificate's key for a certificate); default 64.
+	MaxConnectionsPerKey int
+	MaxTunnelsPerConn    int // open direct-tcpip channels per connection; default 100
 	// MaxTunnels bounds open tunnels in all, so that the data they can
 	// buffer fits in memory; one key may hold at most half of them.
 	// Default 1000.
 	MaxTunnels int
-	// MaxConnectionsPerKey bounds authenticated connections per key (the
-	// certificate's key for a certificate); default 64.
-	MaxConnectionsPerKey int
-	// TunnelCount, when set, is told the number of open tunnels after
-	// each change (membudget.Reclaimer returns memory after a burst).
-	TunnelCount       func(open int)
+	// IdleTimeout closes a connection whose tunnels moved no byte for that
+	// long (keepalives are not activity); 0 = never.
+	IdleTimeout time.Duration
+	// MaxConnectionAge closes a connection that long after it
+	// authenticated; 0 = never.
+	MaxConnectionAge  time.Duration
 	KeepaliveInterval time.Duration // default 15s; negative disables
 	KeepaliveCountMax int           // unanswered keepalives before the connection is dropped; default 3
 	DialTimeout       time.Duration // default 10s
 	DrainTimeout      time.Duration // grace for open tunnels at shutdown; default 10s
-	Resolver          *net.Resolver // nil = net.DefaultResolver
-	Clock             func() time.Time
+
+	// Observers.
+	// Audit is told of session starts and tunnel opens; nil = nobody.
+	Audit Audit
+	// TunnelCount, when set, is told the number of open tunnels after
+	// each change (membudget.Reclaimer returns memory after a burst).
+	TunnelCount func(open int)
 }
 
 func (c *Config) setDefaults() {
@@ -127,8 +145,12 @@ func (c *Config) setDefaults() {
 	def(&c.DialTimeout, 10*time.Second)
 	def(&c.DrainTimeout, 10*time.Second)
 	defInt(&c.MaxAuthTries, 6)
-	defInt(&c.MaxStartups, 64)
-	defInt(&c.MaxStartupsPerSource, 16)
+	if c.MaxStartups == (Startups{}) {
+		c.MaxStartups = Startups{Begin: 64, Rate: 30, Full: 128}
+	}
+	if c.MaxStartupsPerSource == (Startups{}) {
+		c.MaxStartupsPerSource = Startups{Begin: 24, Rate: 30, Full: 48}
+	}
 	defInt(&c.MaxTunnelsPerConn, 100)
 	defInt(&c.MaxTunnels, 1000)
 	defInt(&c.MaxConnectionsPerKey, 64)
@@ -162,13 +184,13 @@ type Server struct {
 	cutCtx context.Context
 	cut    context.CancelFunc
 
-	mu          sync.Mutex
-	conns       map[*connState]struct{}
-	unauth      int
-	unauthBySrc map[netip.Addr]int
-	draining    bool
-	listeners   []net.Listener
-	shutdown    sync.Once
+	mu             sync.Mutex
+	conns          map[*connState]struct{}
+	unauth         int            // unauthenticated connections, health checks aside
+	unauthByBucket map[string]int // per Peer.bucket
+	draining       bool
+	listeners      []net.Listener
+	shutdown       sync.Once
 
 	tunnels   sync.WaitGroup
 	openCount atomic.Int64
@@ -191,13 +213,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("sshd: no authorized keys")
 	}
 	s := &Server{
-		cfg:          cfg,
-		log:          cfg.Logger,
-		refusals:     newRefusalLog(cfg.Logger),
-		conns:        map[*connState]struct{}{},
-		unauthBySrc:  map[netip.Addr]int{},
-		connsByKey:   map[string]int{},
-		tunnelsByKey: map[string]int{},
+		cfg:            cfg,
+		log:            cfg.Logger,
+		refusals:       newRefusalLog(cfg.Logger),
+		conns:          map[*connState]struct{}{},
+		unauthByBucket: map[string]int{},
+		connsByKey:     map[string]int{},
+		tunnelsByKey:   map[string]int{},
 	}
 	s.auth.Store(&authorizer{keys: cfg.AuthorizedKeys, clock: cfg.Clock})
 	policy := cfg.Policy
@@ -286,252 +308,6 @@ func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 	return cfg
 }
 
-// connState is what the server tracks per TCP connection.
-type connState struct {
-	id     uint64
-	conn   net.Conn
-	remote netip.AddrPort
-
-	// guarded by Server.mu
-	clientIdent string // the client's identification line
-	user        string // the first user name; a change ends the connection
-	attempt     *grant // the authentication attempt in progress
-	authed      bool
-	access      *grant
-	tunnels     int
-	keyFP       string // the key whose connection slot this holds, once authenticated
-	sshConn     gossh.Conn
-	closed      bool
-	hsTimer     *time.Timer
-	kaTimer     *time.Timer
-	kaMissed    int
-	kaWait      bool
-}
-
-type ctxKey string
-
-const ctxConnState ctxKey = "bastion-conn"
-
-func stateOf(ctx gliderssh.Context) *connState {
-	cs, _ := ctx.Value(ctxConnState).(*connState)
-	return cs
-}
-
-// deadlineFreeConn ignores deadlines: gliderlabs resets them on every read
-// and write, which costs a timer update per packet, and bastion enforces its
-// handshake deadline and keepalive with timers of its own.
-type deadlineFreeConn struct{ net.Conn }
-
-func (deadlineFreeConn) SetDeadline(time.Time) error      { return nil }
-func (deadlineFreeConn) SetReadDeadline(time.Time) error  { return nil }
-func (deadlineFreeConn) SetWriteDeadline(time.Time) error { return nil }
-
-// readBufConn serves reads from a pooled buffer that one non-blocking read
-// of up to 128 KiB fills. x/crypto reads each packet through a 4 KiB
-// bufio.Reader: two or three read calls per 32 KiB packet without it. The
-// buffer goes back to the pool once drained, so an idle connection holds
-// none. Only the transport's read loop reads.
-type readBufConn struct {
-	deadlineFreeConn
-	rr      *readReady
-	pending []byte
-}
-
-func (c *readBufConn) Read(p []byte) (int, error) {
-	if len(c.pending) == 0 {
-		buf, err := c.rr.read()
-		if err != nil {
-			return 0, err
-		}
-		c.pending = buf
-	}
-	n := copy(p, c.pending)
-	c.pending = c.pending[n:]
-	if len(c.pending) == 0 {
-		c.rr.release()
-	}
-	return n, nil
-}
-
-func addrPortOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
-}
-
-// serverIdent is bastion's identification line; gliderlabs derives the
-// same one from Server.Version for x/crypto.
-const serverIdent = "SSH-2.0-bastion"
-
-// connCallback admits or refuses a new TCP connection before any crypto
-// work (MaxStartups), arms the handshake deadline, and exchanges
-// identification lines so the algorithm offer can fit the client.
-func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
-	cs := s.admit(conn)
-	if cs == nil {
-		return nil
-	}
-	c, err := s.exchangeIdent(cs, conn)
-	if err != nil {
-		// gliderlabs neither closes ctx nor calls back for a connection
-		// refused here: the state is released now.
-		s.log.Debug("no SSH identification from client", "client", cs.remote.String(), "error", err.Error())
-		s.connClosed(cs)
-		return nil
-	}
-	ctx.SetValue(ctxConnState, cs)
-	// gliderlabs cancels ctx when the connection ends, whatever the cause.
-	context.AfterFunc(ctx, func() { s.connClosed(cs) })
-	return c
-}
-
-// admit applies the unauthenticated-connection limits and registers the
-// connection, or logs the refusal and returns nil.
-func (s *Server) admit(conn net.Conn) *connState {
-	remote := addrPortOf(conn.RemoteAddr())
-	s.mu.Lock()
-	reason := ""
-	switch {
-	case s.draining:
-		reason = "shutting down"
-	case s.unauth >= s.cfg.MaxStartups:
-		reason = "too many unauthenticated connections"
-	case s.unauthBySrc[remote.Addr()] >= s.cfg.MaxStartupsPerSource:
-		reason = "too many unauthenticated connections from this address"
-	}
-	if reason != "" {
-		s.mu.Unlock()
-		s.refusals.warn("connection refused", remote.Addr().String(), "client", remote.String(), "reason", reason)
-		return nil
-	}
-	cs := &connState{id: s.nextID.Add(1), conn: conn, remote: remote}
-	s.conns[cs] = struct{}{}
-	s.unauth++
-	s.unauthBySrc[remote.Addr()]++
-	cs.hsTimer = time.AfterFunc(s.cfg.HandshakeTimeout, func() {
-		s.mu.Lock()
-		authed := cs.authed
-		s.mu.Unlock()
-		if !authed {
-			s.log.Info("connection closed", "client", remote.String(), "reason", "handshake and authentication deadline exceeded",
-				"timeout", s.cfg.HandshakeTimeout.String())
-			conn.Close()
-		}
-	})
-	s.mu.Unlock()
-	return cs
-}
-
-// exchangeIdent sends bastion's identification, reads the client's (the
-// handshake deadline bounds the wait), and returns the connection x/crypto
-// will use.
-func (s *Server) exchangeIdent(cs *connState, conn net.Conn) (net.Conn, error) {
-	var c net.Conn = deadlineFreeConn{conn}
-	if rr, err := newReadReady(conn); err == nil {
-		c = &readBufConn{deadlineFreeConn: deadlineFreeConn{conn}, rr: rr}
-	}
-	sent := []byte(serverIdent + "\r\n")
-	if _, err := conn.Write(sent); err != nil {
-		return nil, err
-	}
-	ident, read, err := readIdent(c)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	cs.clientIdent = ident
-	s.mu.Unlock()
-	return &identConn{Conn: c, replay: read, sent: sent}, nil
-}
-
-func (s *Server) leaveUnauthLocked(cs *connState) {
-	s.unauth--
-	if n := s.unauthBySrc[cs.remote.Addr()] - 1; n > 0 {
-		s.unauthBySrc[cs.remote.Addr()] = n
-	} else {
-		delete(s.unauthBySrc, cs.remote.Addr())
-	}
-}
-
-func (s *Server) connClosed(cs *connState) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cs.closed {
-		return
-	}
-	cs.closed = true
-	if !cs.authed {
-		s.leaveUnauthLocked(cs)
-	}
-	if cs.keyFP != "" {
-		decrement(s.connsByKey, cs.keyFP)
-	}
-	cs.hsTimer.Stop()
-	if cs.kaTimer != nil {
-		cs.kaTimer.Stop()
-	}
-	delete(s.conns, cs)
-}
-
-// authenticated moves a connection out of the unauthenticated count and
-// starts its keepalive.
-func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cs.closed || cs.authed {
-		return
-	}
-	cs.authed = true
-	cs.access = g
-	cs.hsTimer.Stop()
-	s.leaveUnauthLocked(cs)
-	if s.cfg.KeepaliveInterval > 0 {
-		cs.kaTimer = time.AfterFunc(s.cfg.KeepaliveInterval, func() { s.keepalive(ctx, cs) })
-	}
-}
-
-// keepalive sends keepalive@openssh.com like sshd's ClientAliveInterval: a
-// peer that leaves KeepaliveCountMax of them unanswered is dropped. The
-// request runs on its own goroutine because SendRequest blocks until the
-// reply; at most one is in flight per connection.
-func (s *Server) keepalive(ctx gliderssh.Context, cs *connState) {
-	s.mu.Lock()
-	if cs.closed {
-		s.mu.Unlock()
-		return
-	}
-	if cs.sshConn == nil {
-		cs.sshConn, _ = ctx.Value(gliderssh.ContextKeyConn).(gossh.Conn)
-	}
-	conn := cs.sshConn
-	if cs.kaWait {
-		cs.kaMissed++
-		if cs.kaMissed >= s.cfg.KeepaliveCountMax {
-			s.mu.Unlock()
-			s.log.Info("connection closed", "client", cs.remote.String(), "reason", "keepalive unanswered",
-				"missed", s.cfg.KeepaliveCountMax)
-			cs.conn.Close()
-			return
-		}
-	} else if conn != nil {
-		cs.kaWait = true
-		go func() {
-			_, _, err := conn.SendRequest("keepalive@openssh.com", true, nil)
-			s.mu.Lock()
-			cs.kaWait = false
-			if err == nil {
-				cs.kaMissed = 0
-			}
-			s.mu.Unlock()
-		}()
-	}
-	cs.kaTimer.Reset(s.cfg.KeepaliveInterval)
-	s.mu.Unlock()
-}
-
 // Serve accepts connections on ln until Shutdown. It returns
 // ErrServerClosed after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
@@ -543,7 +319,10 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
-	s.watching.Do(func() { go s.watchLocalAddrs(s.watchCtx) })
+	s.watching.Do(func() {
+		go s.watchLocalAddrs(s.watchCtx)
+		go s.enforceLimits(s.watchCtx)
+	})
 	err := s.srv.Serve(ln)
 	s.mu.Lock()
 	draining := s.draining

@@ -909,7 +909,7 @@ func TestHandshakeDeadline(t *testing.T) {
 }
 
 func TestMaxStartups(t *testing.T) {
-	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{MaxStartups: 3, MaxStartupsPerSource: 10})
+	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{MaxStartups: hardLimit(3), MaxStartupsPerSource: hardLimit(10)})
 	var conns []net.Conn
 	for i := 0; i < 3; i++ {
 		conn := rawConn(t, ts.addr, "")
@@ -940,7 +940,7 @@ func TestMaxStartups(t *testing.T) {
 }
 
 func TestMaxStartupsPerSource(t *testing.T) {
-	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{MaxStartups: 10, MaxStartupsPerSource: 2, Policy: loopbackPolicy(t)})
+	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{MaxStartups: hardLimit(10), MaxStartupsPerSource: hardLimit(2), Policy: loopbackPolicy(t)})
 	for i := 0; i < 2; i++ {
 		if _, err := readBanner(rawConn(t, ts.addr, "127.0.0.1")); err != nil {
 			t.Fatalf("conn %d: %v", i, err)
@@ -949,14 +949,14 @@ func TestMaxStartupsPerSource(t *testing.T) {
 	if b, err := readBanner(rawConn(t, ts.addr, "127.0.0.1")); err == nil || b != "" {
 		t.Fatalf("third conn from 127.0.0.1 got %q, %v; want closed without a banner", b, err)
 	}
-	ts.log.waitRecord(t, "connection refused", map[string]any{"reason": "too many unauthenticated connections from this address"})
+	ts.log.waitRecord(t, "connection refused", map[string]any{"reason": "too many unauthenticated connections from this source"})
 	if b, err := readBanner(rawConn(t, ts.addr, "127.0.0.2")); err != nil || b != "SSH-2.0-bastion" {
 		t.Fatalf("conn from 127.0.0.2: %q, %v; want a banner", b, err)
 	}
 }
 
 func TestAuthenticatedConnsLeaveStartupCount(t *testing.T) {
-	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{MaxStartups: 1, MaxStartupsPerSource: 1})
+	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{MaxStartups: hardLimit(1), MaxStartupsPerSource: hardLimit(1)})
 	alice := testSigner(t, "alice_ed25519")
 	ts.mustDial(t, "root", alice)
 	ts.mustDial(t, "root", alice) // would be refused if the first still counted
@@ -1236,3 +1236,6 @@ func TestShutdownContextCutsDrain(t *testing.T) {
 		t.Errorf("second Shutdown: %+v, %v", sum2, err)
 	}
 }
+
+// hardLimit is a Startups without early drop: n admitted, then none.
+func hardLimit(n int) Startups { return Startups{Begin: n, Rate: 100, Full: n} }

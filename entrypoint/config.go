@@ -31,11 +31,13 @@ type Env struct {
 	Allow                string        `envconfig:"BASTION_ALLOW" desc:"allowed tunnel destinations: comma-separated CIDRs or host names, each with optional :port or :lo-hi; empty = any except loopback, 0.0.0.0/8, link-local (metadata and credential endpoints), fe80::/10, fd00:ec2::/32, which only an entry inside them opens"`
 	HandshakeTimeout     time.Duration `envconfig:"BASTION_HANDSHAKE_TIMEOUT" default:"30s" desc:"deadline for SSH handshake plus authentication"`
 	MaxAuthTries         int           `envconfig:"BASTION_MAX_AUTH_TRIES" default:"6" desc:"authentication attempts per connection"`
-	MaxStartups          int           `envconfig:"BASTION_MAX_STARTUPS" default:"64" desc:"unauthenticated connections in total; more are refused before the handshake"`
-	MaxStartupsPerSource int           `envconfig:"BASTION_MAX_STARTUPS_PER_SOURCE" default:"16" desc:"unauthenticated connections per client address"`
+	MaxStartups          string        `envconfig:"BASTION_MAX_STARTUPS" default:"64:30:128" desc:"unauthenticated connections in total, as sshd's MaxStartups start:rate:full (from start, refuse rate% rising to 100% at full) or one hard limit; refused before the handshake"`
+	MaxStartupsPerSource string        `envconfig:"BASTION_MAX_STARTUPS_PER_SOURCE" default:"24:30:48" desc:"unauthenticated connections per SSM session (for connections from a session worker) or per client address, start:rate:full or one number; the healthcheck has slots of its own"`
 	MaxTunnelsPerConn    int           `envconfig:"BASTION_MAX_TUNNELS_PER_CONN" default:"100" desc:"open tunnels per SSH connection"`
 	MaxTunnels           int           `envconfig:"BASTION_MAX_TUNNELS" default:"0" desc:"open tunnels in all; one key may hold half; 0 = from the memory limit (each tunnel may buffer about 2.3 MiB: a 512 MiB task gets about 130)"`
 	MaxConnectionsPerKey int           `envconfig:"BASTION_MAX_CONNECTIONS_PER_KEY" default:"64" desc:"authenticated connections per key (a certificate counts as its key)"`
+	IdleTimeout          time.Duration `envconfig:"BASTION_IDLE_TIMEOUT" default:"0" desc:"close a connection whose tunnels moved no byte for this long (keepalives do not count); 0 = off"`
+	MaxConnectionAge     time.Duration `envconfig:"BASTION_MAX_CONNECTION_AGE" default:"0" desc:"close a connection this long after it authenticated, whatever it is doing; 0 = off"`
 	KeepaliveInterval    time.Duration `envconfig:"BASTION_KEEPALIVE_INTERVAL" default:"15s" desc:"keepalive probe interval (like ClientAliveInterval); 0 disables"`
 	KeepaliveCountMax    int           `envconfig:"BASTION_KEEPALIVE_COUNT_MAX" default:"3" desc:"unanswered keepalives before a connection is dropped"`
 	DialTimeout          time.Duration `envconfig:"BASTION_DIAL_TIMEOUT" default:"10s" desc:"timeout for connecting to a tunnel destination"`

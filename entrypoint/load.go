@@ -25,9 +25,11 @@ type Config struct {
 	HostKeyEphemeral bool
 	AuthorizedKeys   []sshd.AuthorizedKey
 	Allow            []sshd.AllowEntry
-	SSM              bool
-	SSMTags          map[string]string
-	LogLevel         slog.Level
+	// MaxStartups and MaxStartupsPerSource are the parsed limits.
+	MaxStartups, MaxStartupsPerSource sshd.Startups
+	SSM                               bool
+	SSMTags                           map[string]string
+	LogLevel                          slog.Level
 	// Warnings are for the log once it exists: unknown BASTION_* names, the
 	// ephemeral host key.
 	Warnings []Warning
@@ -101,8 +103,6 @@ func (c *Config) validate(e *Env) error {
 		n    int
 	}{
 		{"BASTION_MAX_AUTH_TRIES", e.MaxAuthTries},
-		{"BASTION_MAX_STARTUPS", e.MaxStartups},
-		{"BASTION_MAX_STARTUPS_PER_SOURCE", e.MaxStartupsPerSource},
 		{"BASTION_MAX_TUNNELS_PER_CONN", e.MaxTunnelsPerConn},
 		{"BASTION_MAX_CONNECTIONS_PER_KEY", e.MaxConnectionsPerKey},
 		{"BASTION_KEEPALIVE_COUNT_MAX", e.KeepaliveCountMax},
@@ -110,6 +110,27 @@ func (c *Config) validate(e *Env) error {
 	for _, p := range counts {
 		if p.n < 1 {
 			return fmt.Errorf("entrypoint: %s: must be at least 1", p.name)
+		}
+	}
+	for _, st := range []struct {
+		name, value string
+		into        *sshd.Startups
+	}{
+		{"BASTION_MAX_STARTUPS", e.MaxStartups, &c.MaxStartups},
+		{"BASTION_MAX_STARTUPS_PER_SOURCE", e.MaxStartupsPerSource, &c.MaxStartupsPerSource},
+	} {
+		l, err := sshd.ParseStartups(st.value)
+		if err != nil {
+			return fmt.Errorf("entrypoint: %s: %w", st.name, err)
+		}
+		*st.into = l
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"BASTION_IDLE_TIMEOUT", e.IdleTimeout}, {"BASTION_MAX_CONNECTION_AGE", e.MaxConnectionAge}} {
+		if d.d < 0 {
+			return fmt.Errorf("entrypoint: %s: must be 0 (off) or positive", d.name)
 		}
 	}
 	if e.MaxTunnels < 0 {

@@ -206,9 +206,18 @@ func TestLoad(t *testing.T) {
 			name: "envconfig int error",
 			env: map[string]string{
 				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
-				"BASTION_MAX_STARTUPS":              "many" + secretMarker,
+				"BASTION_MAX_CONNECTIONS_PER_KEY":   "many" + secretMarker,
 			},
-			wantErr: []string{"entrypoint: BASTION_MAX_STARTUPS: not a valid whole number"},
+			wantErr: []string{"entrypoint: BASTION_MAX_CONNECTIONS_PER_KEY: not a valid whole number"},
+			secrets: []string{secretMarker},
+		},
+		{
+			name: "max startups not start:rate:full",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_MAX_STARTUPS_PER_SOURCE":   "10:30" + secretMarker,
+			},
+			wantErr: []string{"entrypoint: BASTION_MAX_STARTUPS_PER_SOURCE: want start:rate:full"},
 			secrets: []string{secretMarker},
 		},
 		{

@@ -320,6 +320,7 @@ func (s *Server) authLog(ctx gliderssh.Context, md gossh.ConnMetadata, method st
 	if cs == nil {
 		return
 	}
+	cs.authBegan.Store(true)
 	s.mu.Lock()
 	g := cs.attempt
 	cs.attempt = nil

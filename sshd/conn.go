@@ -28,6 +28,10 @@ type connState struct {
 	// clock. Keepalives are not activity.
 	lastActivity atomic.Int64
 
+	// authBegan is set at the first authentication attempt: a handshake
+	// that fails after it failed authentication, which auth lines tell.
+	authBegan atomic.Bool
+
 	// guarded by Server.mu
 	clientIdent string // the client's identification line
 	user        string // the first user name; a change ends the connection
@@ -197,6 +201,7 @@ func (s *Server) exchangeIdent(cs *connState, conn net.Conn) (net.Conn, error) {
 	s.mu.Lock()
 	cs.clientIdent = ident
 	s.mu.Unlock()
+	s.handshakes.Store(cs.remote, handshakeFacts{conn: cs.id, ident: ident, cs: cs})
 	return &identConn{Conn: c, replay: read, sent: sent}, nil
 }
 
@@ -267,6 +272,7 @@ func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) {
 	}
 	cs.authed = true
 	cs.authedAt = time.Now()
+	s.handshakes.Delete(cs.remote)
 	cs.lastActivity.Store(cs.authedAt.UnixNano())
 	cs.access = g
 	cs.hsTimer.Stop()

@@ -174,11 +174,15 @@ type Server struct {
 	// auth is the authorized-keys set in force; a reload swaps it whole.
 	auth atomic.Pointer[authorizer]
 	// policy is cfg.Policy with the host's current addresses.
-	policy   atomic.Pointer[Policy]
-	watchCtx context.Context // ends at shutdown: the address watch
-	unwatch  context.CancelFunc
-	watching sync.Once
-	refusals *refusalLog
+	policy atomic.Pointer[Policy]
+	// handshakes holds, per client address, what a failed handshake's
+	// line needs, from the identification exchange until the handshake
+	// ends (handshakeFailed, or authentication).
+	handshakes sync.Map
+	watchCtx   context.Context // ends at shutdown: the address watch
+	unwatch    context.CancelFunc
+	watching   sync.Once
+	refusals   *refusalLog
 
 	// cut ends every tunnel when the drain grace is over.
 	cutCtx context.Context
@@ -255,22 +259,29 @@ func New(cfg Config) (*Server, error) {
 // already tell, and probes that never identified as SSH are only debug.
 func (s *Server) handshakeFailed(conn net.Conn, err error) {
 	remote := addrPortOf(conn.RemoteAddr())
-	var ident string
-	var authBegan bool
-	s.mu.Lock()
-	for cs := range s.conns {
-		if cs.remote == remote {
-			ident, authBegan = cs.clientIdent, cs.user != ""
-			break
-		}
+	// The connection's state may be gone already (x/crypto closed the
+	// socket, and gliderlabs ended its context, before calling back): what
+	// the handshake needs to report was put aside for it.
+	var h handshakeFacts
+	if v, ok := s.handshakes.LoadAndDelete(remote); ok {
+		h = v.(handshakeFacts)
 	}
-	s.mu.Unlock()
-	attrs := []any{"client", remote.String(), "client_ident", capField(ident), "error", capField(err.Error())}
-	if ident == "" || authBegan || clientLeft(err) {
+	attrs := []any{"conn", h.conn, "client", remote.String(), "client_ident", capField(h.ident), "error", capField(err.Error())}
+	if h.ident == "" || h.authBegan() || clientLeft(err) {
 		s.log.Debug("handshake failed", attrs...)
 		return
 	}
 	s.refusals.warn("handshake failed", remote.Addr().String(), attrs...)
+}
+
+// handshakeFacts is what handshakeFailed reports about a connection.
+type handshakeFacts struct {
+	conn, ident string
+	cs          *connState
+}
+
+func (h handshakeFacts) authBegan() bool {
+	return h.cs != nil && h.cs.authBegan.Load()
 }
 
 // clientLeft reports an error that only says the client went away (a port

@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
 		fprintf(stderr, "echo mismatch\n");
 		return 1;
 	}
-	printf("echo ok\n");
+	printf("echo ok: %.*s\n", (int)n, buf);
 	libssh2_channel_free(ch);
 	libssh2_session_disconnect(s, "done");
 	libssh2_session_free(s);

@@ -268,7 +268,9 @@ func TestFinalAnswers(t *testing.T) {
 	}{
 		{"404 deleted webhook", func(_, _ *webhook.Receiver) webhook.Reply { return webhook.Reply{Status: 404, Body: "no_service"} },
 			"HTTP 404 no_service"},
-		{"403", func(_, _ *webhook.Receiver) webhook.Reply { return webhook.Reply{Status: 403, Body: "action_prohibited"} },
+		{"403", func(_, _ *webhook.Receiver) webhook.Reply {
+			return webhook.Reply{Status: 403, Body: "action_prohibited"}
+		},
 			"HTTP 403 action_prohibited"},
 		{"400 body echoing the URL's token is not logged", func(self, _ *webhook.Receiver) webhook.Reply {
 			return webhook.Reply{Status: 400, Body: self.Token}

@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-		"fmt"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -42,8 +42,8 @@ func TestValidateURL(t *testing.T) {
 		{"http://169.254.170.2/" + secretToken, ErrURLPlainHTTP},
 		{"http://[::2]/" + secretToken, ErrURLPlainHTTP},
 		{"http://0.0.0.0/" + secretToken, ErrURLPlainHTTP},
-		{"http://127.1/" + secretToken, ErrURLPlainHTTP},       // not a literal address to Go; a name to resolve
-		{"http://2130706433/" + secretToken, ErrURLPlainHTTP},  // idem
+		{"http://127.1/" + secretToken, ErrURLPlainHTTP},      // not a literal address to Go; a name to resolve
+		{"http://2130706433/" + secretToken, ErrURLPlainHTTP}, // idem
 		{"http://localhost.evil.test/" + secretToken, ErrURLPlainHTTP},
 		{"http://localhost./" + secretToken, ErrURLPlainHTTP},
 

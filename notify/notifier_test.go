@@ -68,11 +68,16 @@ func TestCoalesceTunnels(t *testing.T) {
 	cfg.Window = 300 * time.Millisecond // 50 Notify calls take microseconds
 	n := startNotifier(t, cfg)
 
+	start := time.Now()
 	n.Notify(sessionStart("c1", "alice"))
 	for i := range 50 {
 		n.Notify(tunnelOpen("c1", "alice", fmt.Sprintf("db%d.internal:5432", i%5)))
 	}
 	first := rcv.Wait(t, 1, 5*time.Second)[0]
+	// The message waited for the window: what comes within it merges.
+	if waited := first.At.Sub(start); waited < cfg.Window {
+		t.Errorf("first POST %v after the session start, before the %v window closed", waited, cfg.Window)
+	}
 	if first.Event["kind"] != "session_start" || first.Event["tunnels"] != 50.0 {
 		t.Fatalf("first POST event = %v", first.Event)
 	}

@@ -27,7 +27,9 @@
 // MaxAttempts; any other status (a 404 for a deleted webhook, a redirect) is
 // final at once. Only one message is on the wire at a time, so while the
 // webhook is rate-limiting or failing, new events keep merging into the
-// waiting messages instead of adding posts.
+// waiting messages instead of adding posts. A POST that timed out may still
+// have been posted: its retry can show the message twice, which is better
+// for an audit trail than losing it.
 //
 // What is dropped and how it is reported. Notify never blocks and never
 // waits for the network: it merges the event into the queue under a short
@@ -41,6 +43,13 @@
 // works again. When Run's context ends, the queued messages get FlushTimeout
 // (default 2 s, so ECS's stopTimeout is not eaten) to leave; what is still
 // queued then is counted (Stats.DroppedShutdown) and logged in one line.
+//
+// The notifier's own log lines: "notification dropped" (warn: the first
+// message given up in a failure burst, with reason, status, attempts, conn,
+// kind), "notifications still failing" (warn: the summary of the rest),
+// "notifications delivered again" (info), "notifications dropped: queue full"
+// (warn: dropped, dropped_total, queue_size), "notifications unsent at
+// shutdown" (warn) and "notification retry" (debug).
 //
 // The URL is a credential (a Slack webhook URL lets anyone post to the
 // channel): it is never logged, never part of an error this package returns

@@ -17,6 +17,7 @@ import (
 // With the defaults, a session start and the tunnels right after it reach
 // the webhook as one Slack-compatible POST within 2 s.
 func TestSessionStartDelivered(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	logs, log := newLog()
 	n := startNotifier(t, Config{URL: rcv.URL, Log: log, Name: "bastion-test"})
@@ -62,6 +63,7 @@ func TestSessionStartDelivered(t *testing.T) {
 // One connection opening 50 tunnels makes one POST; a tunnel after that
 // message left makes a new, tunnel-only one.
 func TestCoalesceTunnels(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	_, log := newLog()
 	cfg := fastConfig(rcv.URL, log)
@@ -108,6 +110,7 @@ func TestCoalesceTunnels(t *testing.T) {
 // A burst from many connections leaves one message per connection, in
 // order, each arriving at least MinInterval after the previous one.
 func TestRateLimit(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	_, log := newLog()
 	cfg := fastConfig(rcv.URL, log)
@@ -194,6 +197,7 @@ func TestRetryAfter(t *testing.T) {
 
 // Server errors are retried with backoff until one succeeds.
 func TestRetryServerErrors(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	logs, log := newLog()
 	rcv.Script(webhook.Reply{Status: 500, Body: "oops"}, webhook.Reply{Status: 502}, webhook.Reply{Status: 408})
@@ -220,6 +224,7 @@ func TestRetryServerErrors(t *testing.T) {
 // burst is logged once with its reason, then summarised, then a line says
 // delivery works again.
 func TestGiveUp(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	logs, log := newLog()
 	rcv.SetDefault(webhook.Reply{Status: 500, Body: "internal_error"})
@@ -266,6 +271,7 @@ func TestGiveUp(t *testing.T) {
 // Answers that retrying cannot change are final after one POST; a redirect
 // is not followed.
 func TestFinalAnswers(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name       string
 		reply      func(self, other *webhook.Receiver) webhook.Reply
@@ -318,6 +324,7 @@ func TestFinalAnswers(t *testing.T) {
 // Network-level failures are retried, then dropped with a reason that names
 // neither the URL nor its host and port.
 func TestNetworkFailures(t *testing.T) {
+	t.Parallel()
 	t.Run("connection refused", func(t *testing.T) {
 		t.Parallel()
 		rcv := webhook.Start(t)
@@ -386,6 +393,7 @@ func TestNetworkFailures(t *testing.T) {
 // resolve elsewhere, the dial is refused (before connect: no packet leaves)
 // and the message is final at once.
 func TestPlainHTTPDialCheck(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	logs, log := newLog()
 	n, err := New(fastConfig(rcv.URL, log))
@@ -408,6 +416,7 @@ func TestPlainHTTPDialCheck(t *testing.T) {
 // A full queue drops events that would need a new message, counts them and
 // reports them in one line; events merging into waiting messages are kept.
 func TestQueueOverflow(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	logs, log := newLog()
 	cfg := fastConfig(rcv.URL, log)
@@ -456,6 +465,7 @@ func TestQueueOverflow(t *testing.T) {
 // still returns within FlushTimeout (the default, 2 s) of its context's end,
 // counting what it could not send.
 func TestHangingWebhook(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	rcv.SetDefault(webhook.Reply{Hang: true})
 	logs, log := newLog()
@@ -512,6 +522,7 @@ func TestHangingWebhook(t *testing.T) {
 // window no longer applies) while they fit in FlushTimeout at MinInterval;
 // the rest are counted.
 func TestFlushOnShutdown(t *testing.T) {
+	t.Parallel()
 	rcv := webhook.Start(t)
 	logs, log := newLog()
 	cfg := fastConfig(rcv.URL, log)

@@ -13,10 +13,11 @@ import (
 )
 
 // Run delivers queued messages until ctx ends, then flushes for at most
-// FlushTimeout and returns; the message on the wire when ctx ends is given
-// that time too, then cut. Run is the only goroutine the package starts
-// work in (net/http's connection goroutines end with the idle connections
-// Run closes on return). It returns nil, or an error if called twice.
+// FlushTimeout and returns; the POST on the wire when ctx ends gets that
+// time too, then is cut. All the work happens in the caller's goroutine:
+// the package keeps no goroutine of its own, and Run closes its idle HTTP
+// connections (whose goroutines net/http owns) on return. It returns nil,
+// or an error if called a second time.
 func (n *Notifier) Run(ctx context.Context) error {
 	if !n.running.CompareAndSwap(false, true) {
 		return errRunTwice

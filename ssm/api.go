@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/smithy-go"
-
-	"github.com/bastion-dev/bastion/internal/awsconf"
 )
 
 // API is the subset of the SSM client the lifecycle calls; tests fake it.
@@ -23,18 +26,40 @@ type API interface {
 
 var _ API = (*awsssm.Client)(nil)
 
-// NewAPI builds the SSM client from awsconf.Load: the SDK's default
-// credential chain (ECS task role on Fargate), cfg.Region, the SDK's standard
-// endpoint overrides (AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL, shared config),
-// and the project's retry policy. Every call also runs under its own context
-// deadline (callTimeout), which bounds the retries.
+// Retry policy of the real client. Every call also runs under its own
+// context deadline (callTimeout), which bounds the retries.
+const (
+	maxAttempts = 10
+	maxBackoff  = 8 * time.Second
+	// attemptTimeout bounds one HTTP attempt, so a hung connection is
+	// retried inside the call's deadline instead of using all of it.
+	attemptTimeout = 8 * time.Second
+)
+
+// NewAPI builds the SSM client: the SDK's default credential chain (ECS task
+// role on Fargate), cfg.Region, and the SDK's standard endpoint overrides
+// (AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL, shared config), which it reads
+// itself. Retries use the adaptive mode (client-side rate limiting on
+// throttles) with exponential jittered backoff.
 func NewAPI(ctx context.Context, cfg Config) (API, error) {
 	if cfg.Region == "" {
 		return nil, fmt.Errorf("ssm: AWS_REGION is required")
 	}
-	awsCfg, err := awsconf.Load(ctx, cfg.Region)
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx,
+		awsconfig.WithRegion(cfg.Region),
+		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(attemptTimeout)),
+		awsconfig.WithRetryer(func() aws.Retryer {
+			return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
+				o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
+					so.MaxAttempts = maxAttempts
+					so.MaxBackoff = maxBackoff
+					so.Backoff = retry.NewExponentialJitterBackoff(maxBackoff)
+				})
+			})
+		}),
+	)
 	if err != nil {
-		return nil, fmt.Errorf("ssm: %w", err)
+		return nil, fmt.Errorf("ssm: load AWS config: %w", err)
 	}
 	return awsssm.NewFromConfig(awsCfg), nil
 }

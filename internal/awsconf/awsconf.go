@@ -1,9 +1,9 @@
-// Package awsconf loads the AWS SDK configuration every bastion client
-// shares: the SDK's default credential chain (the ECS task role on Fargate),
-// the SDK's own endpoint overrides (AWS_ENDPOINT_URL_<SERVICE>,
+// Package awsconf loads the AWS SDK configuration bastion's clients share:
+// the SDK's default credential chain (the ECS task role on Fargate), the
+// SDK's own endpoint overrides (AWS_ENDPOINT_URL_<SERVICE>,
 // AWS_ENDPOINT_URL, shared config), one retry policy and a per-attempt
-// timeout. Callers still run every call under its own context deadline,
-// which bounds the retries.
+// timeout, the ones ssm.NewAPI has always used. Callers still run every
+// call under its own context deadline, which bounds the retries.
 package awsconf
 
 import (

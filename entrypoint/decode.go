@@ -65,3 +65,12 @@ func isAuthorizedKeysText(b []byte) bool {
 	// Only blank lines and comments: text, with no key in it.
 	return len(b) > 0 && bytes.Contains(b, []byte("#"))
 }
+
+// DecodeAuthorizedKeys decodes an authorized_keys value exactly as
+// ROOT_PUBLIC_SSH_KEY_BASE64ENCODED is decoded: the text itself, or base64
+// of it. A bad line is left to sshd.ParseAuthorizedKeys, which names it.
+// Errors name name, never the value. cmd/bastion hands it to authkeys, so
+// the live sources read like the variable.
+func DecodeAuthorizedKeys(name, value string) ([]byte, error) {
+	return decodeText(name, value, isAuthorizedKeysText, false)
+}

@@ -75,8 +75,8 @@ func newRunID() string {
 
 // createActivation creates the activation. The call is retried by the SDK
 // and is not idempotent: an attempt whose response was lost may have
-// created an activation nobody knows, so duplicates are swept right away,
-// and after a failed call too.
+// created an activation nobody knows. On failure act is still returned when
+// an attempt may have got through, for the caller's duplicate sweep.
 func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 	act := &activation{name: l.instanceName(), callStarted: l.cfg.Clock()}
 	subject := act.name
@@ -95,10 +95,10 @@ func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 		Tags:                l.activationTags(),
 	})
 	if err != nil {
-		if !isAccessDenied(err) { // an attempt may have got through
-			l.sweepDuplicates(ctx, act)
+		if isAccessDenied(err) { // refused before anything was created
+			act = nil
 		}
-		return nil, apiError("create activation",
+		return act, apiError("create activation",
 			fmt.Sprintf("ssm:CreateActivation, ssm:AddTagsToResource and iam:PassRole on role %q", l.cfg.IAMRole), err)
 	}
 	act.id, act.code = aws.ToString(out.ActivationId), aws.ToString(out.ActivationCode)
@@ -106,12 +106,10 @@ func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 		if act.id != "" {
 			l.deleteActivation(ctx, act.id)
 		}
-		l.sweepDuplicates(ctx, act)
-		return nil, fmt.Errorf("ssm: create activation: response without activation id or code")
+		return act, fmt.Errorf("ssm: create activation: response without activation id or code")
 	}
 	l.log.Info("activation created", "step", "activation", "activation_id", act.id, "instance_name", act.name,
 		"expires_in", l.cfg.ActivationTTL.String())
-	l.sweepDuplicates(ctx, act)
 	return act, nil
 }
 
@@ -184,17 +182,15 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context, act *activation) {
 	ctx, cancel := l.cleanupContext(ctx)
 	defer cancel()
 	var dups []string
-	var token *string
-	seen := map[string]bool{}
-	for page := 0; page < maxDuplicatePages; page++ {
+	pages := awsssm.NewDescribeActivationsPaginator(l.api, &awsssm.DescribeActivationsInput{
+		Filters: []types.DescribeActivationsFilter{{
+			FilterKey: types.DescribeActivationsFilterKeysDefaultInstanceName, FilterValues: []string{act.name},
+		}},
+		MaxResults: aws.Int32(50),
+	}, func(o *awsssm.DescribeActivationsPaginatorOptions) { o.StopOnDuplicateToken = true })
+	for page := 0; pages.HasMorePages() && page < maxDuplicatePages; page++ {
 		cctx, ccancel := l.call(ctx)
-		out, err := l.api.DescribeActivations(cctx, &awsssm.DescribeActivationsInput{
-			Filters: []types.DescribeActivationsFilter{{
-				FilterKey: types.DescribeActivationsFilterKeysDefaultInstanceName, FilterValues: []string{act.name},
-			}},
-			MaxResults: aws.Int32(50),
-			NextToken:  token,
-		})
+		out, err := pages.NextPage(cctx)
 		ccancel()
 		if err != nil {
 			err = apiError("find duplicate activations", "ssm:DescribeActivations", err)
@@ -203,17 +199,10 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context, act *activation) {
 			break
 		}
 		for _, a := range out.ActivationList {
-			if id := aws.ToString(a.ActivationId); l.isDuplicate(a, act) && !seen[id] {
-				seen[id] = true
+			if id := aws.ToString(a.ActivationId); l.isDuplicate(a, act) && !slices.Contains(dups, id) {
 				dups = append(dups, id)
 			}
 		}
-		next := aws.ToString(out.NextToken)
-		if next == "" || seen["token "+next] {
-			break
-		}
-		seen["token "+next] = true
-		token = out.NextToken
 	}
 	for _, id := range dups {
 		cctx, ccancel := l.call(ctx)

@@ -129,13 +129,16 @@ func (l *Lifecycle) Start(ctx context.Context) error {
 
 	act, err := l.createActivation(ctx)
 	if err != nil {
+		if act != nil {
+			l.sweepDuplicates(ctx, act)
+		}
 		return err
 	}
 	activationID := act.id
 	id, candidates, regErr := l.register(ctx, activationID, act.code)
 	l.deleteActivation(ctx, activationID) // always; failures are logged
-	// Again: an attempt still in flight when the call returned may have
-	// created one since.
+	// Once per start, after the registration: by now an attempt still in
+	// flight when CreateActivation returned has landed.
 	l.sweepDuplicates(ctx, act)
 	if regErr != nil {
 		l.abort(ctx, activationID, candidates)

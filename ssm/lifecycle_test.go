@@ -40,9 +40,8 @@ func TestStartHappyPath(t *testing.T) {
 		"GetServiceSetting /ssm/managed-instance/activation-tier",
 		"DescribeInstanceInformation tag:bastion:ecs-cluster", // orphan sweep
 		"CreateActivation",
-		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // duplicates
 		"DeleteActivation " + act,
-		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // late duplicates
+		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // duplicates, once
 		"DescribeInstanceInformation InstanceIds",
 		"DescribeInstanceInformation InstanceIds",
 		"DescribeInstanceInformation InstanceIds",

@@ -9,12 +9,14 @@ import (
 
 // State is what GET /_fake/state returns.
 type State struct {
-	Region      string            `json:"region"`
-	Activations []Activation      `json:"activations"`
-	Instances   []Instance        `json:"instances"`
-	Calls       map[string]int    `json:"calls"`
-	Requests    []Request         `json:"requests"`
-	Settings    map[string]string `json:"settings"`
+	Region      string         `json:"region"`
+	Activations []Activation   `json:"activations"`
+	Instances   []Instance     `json:"instances"`
+	Calls       map[string]int `json:"calls"`
+	// FaultsServed counts calls answered by an injected fault, by op.
+	FaultsServed map[string]int    `json:"faultsServed"`
+	Requests     []Request         `json:"requests"`
+	Settings     map[string]string `json:"settings"`
 }
 
 // Snapshot returns the whole inspectable state at once.
@@ -27,6 +29,10 @@ func (s *Server) Snapshot() State {
 	st.Calls = make(map[string]int, len(s.calls))
 	for k, v := range s.calls {
 		st.Calls[k] = v
+	}
+	st.FaultsServed = make(map[string]int, len(s.served))
+	for k, v := range s.served {
+		st.FaultsServed[k] = v
 	}
 	st.Settings = make(map[string]string, len(s.settings))
 	for k, v := range s.settings {

@@ -499,6 +499,51 @@ func TestFaultInjection(t *testing.T) {
 		}
 		srv.ClearFaults()
 	})
+	t.Run("faults served are counted", func(t *testing.T) {
+		before := srv.FaultsServed("GetServiceSetting")
+		srv.FailNext("GetServiceSetting", 1, "ThrottlingException")
+		if _, err := c.GetServiceSetting(ctx, &ssm.GetServiceSettingInput{SettingId: aws.String(fakessm.ActivationTierSetting)}); err != nil {
+			t.Fatal(err)
+		}
+		if n := srv.FaultsServed("GetServiceSetting") - before; n != 1 {
+			t.Fatalf("faults served = %d, want 1", n)
+		}
+		var marked int
+		for _, r := range srv.Requests() {
+			if r.Op == "GetServiceSetting" && r.Fault == "ThrottlingException" {
+				marked++
+			}
+		}
+		if marked == 0 || srv.Snapshot().FaultsServed["GetServiceSetting"] != srv.FaultsServed("GetServiceSetting") {
+			t.Fatalf("requests marked %d, state %v", marked, srv.Snapshot().FaultsServed)
+		}
+	})
+	t.Run("lost response: the operation took effect", func(t *testing.T) {
+		before := len(srv.Activations())
+		srv.Inject("CreateActivation", fakessm.Fault{Count: 1, Code: "InternalServerError", After: true})
+		out, err := c.CreateActivation(ctx, &ssm.CreateActivationInput{IamRole: aws.String("r"), Description: aws.String("lost")})
+		if err != nil {
+			t.Fatalf("SDK did not retry: %v", err)
+		}
+		var lost []string
+		for _, a := range srv.Activations() {
+			if a.Description == "lost" && a.ActivationID != aws.ToString(out.ActivationId) {
+				lost = append(lost, a.ActivationID)
+			}
+		}
+		if len(srv.Activations())-before != 2 || len(lost) != 1 {
+			t.Fatalf("%d activations created, lost %q; want the retry's and the lost attempt's", len(srv.Activations())-before, lost)
+		}
+	})
+	t.Run("hooks see each answered request", func(t *testing.T) {
+		seen := make(chan fakessm.Request, 1)
+		srv.After("ListTagsForResource", func(r fakessm.Request) { seen <- r })
+		_, _ = c.ListTagsForResource(ctx, &ssm.ListTagsForResourceInput{ResourceType: types.ResourceTypeForTaggingManagedInstance, ResourceId: aws.String("mi-00000000000000000")})
+		r := <-seen
+		if r.ErrorCode != "InvalidResourceId" || !strings.Contains(r.Body, `"mi-00000000000000000"`) {
+			t.Fatalf("hook saw %+v", r)
+		}
+	})
 	t.Run("access denied names the action", func(t *testing.T) {
 		srv.FailNext("CreateActivation", 1, "AccessDeniedException")
 		err := create(ctx)
@@ -802,4 +847,27 @@ func TestDescribeActivations(t *testing.T) {
 			t.Fatalf("Ops() = %v", fakessm.Ops())
 		}
 	})
+}
+
+// TestRegisterInstanceInProcess: the Go API registers like the agent's call,
+// with its errors, and the activation's tags reach the instance.
+func TestRegisterInstanceInProcess(t *testing.T) {
+	srv := fakessm.NewTest(t, fakessm.Options{})
+	a := srv.AddActivation(fakessm.Activation{IamRole: "r", DefaultInstanceName: "jump", Tags: []fakessm.Tag{{Key: "team", Value: "db"}}})
+	if _, err := srv.RegisterInstance(a.ActivationID, "wrong"); err == nil || !strings.HasPrefix(err.Error(), "InvalidActivation: ") {
+		t.Fatalf("wrong code: %v", err)
+	}
+	in, err := srv.RegisterInstance(a.ActivationID, a.ActivationCode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Name != "jump" || in.ActivationID != a.ActivationID || len(in.Tags) != 1 || in.PingStatus != fakessm.PingConnectionLost {
+		t.Fatalf("instance %+v", in)
+	}
+	if _, err := srv.RegisterInstance(a.ActivationID, a.ActivationCode); err == nil || !strings.HasPrefix(err.Error(), "RegistrationLimitExceeded: ") {
+		t.Fatalf("second registration: %v", err)
+	}
+	if got, ok := srv.Activation(a.ActivationID); !ok || got.RegistrationsCount != 1 {
+		t.Fatalf("activation %+v", got)
+	}
 }

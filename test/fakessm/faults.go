@@ -21,6 +21,10 @@ type Fault struct {
 	// Status overrides the HTTP status (default 500 for InternalServerError,
 	// ServiceUnavailable 503, else 400).
 	Status int `json:"status,omitempty"`
+	// After makes the operation take effect first and the fault answer
+	// instead of its response: a response lost on the way back, so a
+	// retried CreateActivation creates a second activation.
+	After bool `json:"after,omitempty"`
 }
 
 type fault struct {
@@ -143,7 +147,7 @@ func (s *Server) nextDelay(op string) time.Duration {
 	return 0
 }
 
-func (s *Server) nextFault(op string) *apiError {
+func (s *Server) nextFault(op string) (_ *apiError, after bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, key := range []string{op, AnyOp} {
@@ -158,9 +162,24 @@ func (s *Server) nextFault(op string) *apiError {
 				s.faults[key] = q[1:]
 			}
 		}
-		return s.faultError(op, f.Fault)
+		return s.faultError(op, f.Fault), f.After
 	}
-	return nil
+	return nil, false
+}
+
+// FaultsServed counts the calls to op answered by an injected fault (AnyOp:
+// all ops), so a test can check the fault it injected really fired.
+func (s *Server) FaultsServed(op string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if op == AnyOp {
+		n := 0
+		for _, c := range s.served {
+			n += c
+		}
+		return n
+	}
+	return s.served[op]
 }
 
 // faultError builds the response for an injected fault; s.mu is held.

@@ -2,14 +2,15 @@ package ssm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"github.com/bastion-dev/bastion/test/fakessm"
 )
 
 // logged returns the activation_id of every record with message msg.
@@ -25,55 +26,102 @@ func (h *harness) logged(t *testing.T, msg string) []string {
 	return ids
 }
 
-func actID(n int) string { return fmt.Sprintf("00000000-0000-0000-0000-%012d", n) }
+// createInput is what a CreateActivation request asked for.
+func createInput(t *testing.T, r fakessm.Request) fakessm.Activation {
+	t.Helper()
+	var in struct {
+		IamRole, DefaultInstanceName, Description string
+		Tags                                      []fakessm.Tag
+	}
+	if err := json.Unmarshal([]byte(r.Body), &in); err != nil {
+		t.Errorf("CreateActivation body %q: %v", r.Body, err)
+	}
+	return fakessm.Activation{IamRole: in.IamRole, DefaultInstanceName: in.DefaultInstanceName, Description: in.Description, Tags: in.Tags}
+}
 
-func setTag(key, value string) func(*types.Activation) {
-	return func(a *types.Activation) {
-		for i := range a.Tags {
-			if aws.ToString(a.Tags[i].Key) == key {
-				a.Tags[i].Value = aws.String(value)
-			}
+// loseFirstCreate makes the first CreateActivation attempt create an
+// activation whose response is lost; the SDK's retry creates the one
+// reported.
+func loseFirstCreate(h *harness) {
+	h.srv.Inject("CreateActivation", fakessm.Fault{Count: 1, Code: "InternalServerError", After: true})
+}
+
+// onFirstCreate runs fn once with what the first CreateActivation asked for.
+func onFirstCreate(t *testing.T, h *harness, fn func(in fakessm.Activation)) {
+	var once sync.Once
+	h.srv.After("CreateActivation", func(r fakessm.Request) { once.Do(func() { fn(createInput(t, r)) }) })
+}
+
+func withTag(tags []fakessm.Tag, key, value string) []fakessm.Tag {
+	out := slices.Clone(tags)
+	for i := range out {
+		if out[i].Key == key {
+			out[i].Value = value
 		}
 	}
+	return out
 }
+
+// registeredWith is the activation the agent registered with.
+func (h *harness) registeredWith() string { return argAfter(h.st.args[0], "-id") }
 
 // TestDuplicateActivations: CreateActivation created activations it did not
 // report (attempts whose responses were lost); only this run's unused ones
 // are deleted.
 func TestDuplicateActivations(t *testing.T) {
 	h := newHarness(t, nil)
-	h.api.actPage = 2 // the sweep must page
-	h.api.extraCreates = []func(*types.Activation){
-		nil, // 1: our lost attempt: deleted
-		setTag(TagTaskARN, "arn:aws:ecs:us-east-1:123456789012:task/ops/ffffffffffffffffffffffffffffffff"), // 2: another task's: kept
-		func(a *types.Activation) { a.RegistrationsCount = aws.Int32(1) },                                  // 3: used: kept
-		func(a *types.Activation) { a.CreatedDate = aws.Time(t0.Add(-10 * time.Minute)) },                  // 4: older than the call: kept
-		func(a *types.Activation) { a.Description = aws.String("bastion something else") },                 // 5: other description: kept
-		func(a *types.Activation) { a.Tags = nil },                                                         // 6: untagged: kept
-		func(a *types.Activation) { a.CreatedDate = aws.Time(t0.Add(-time.Minute)) },                       // 7: within the skew: deleted
-	}
-	// 8 is ours. Someone else's activation with our name, created by hand.
-	foreign := h.api.seedActivation(types.Activation{
-		DefaultInstanceName: aws.String("bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0"), Description: aws.String("hand-made"),
-		CreatedDate: aws.Time(t0), RegistrationsCount: aws.Int32(0),
+	loseFirstCreate(h)
+	var deleted, kept []string
+	onFirstCreate(t, h, func(in fakessm.Activation) {
+		seed := func(mut func(a *fakessm.Activation)) string {
+			a := in
+			a.Tags = slices.Clone(in.Tags)
+			a.CreatedDate = t0
+			mut(&a)
+			return h.srv.AddActivation(a).ActivationID
+		}
+		kept = append(kept,
+			seed(func(a *fakessm.Activation) {
+				a.Tags = withTag(a.Tags, TagTaskARN, "arn:aws:ecs:us-east-1:123456789012:task/ops/ffffffffffffffffffffffffffffffff")
+			}), // another task's
+			seed(func(a *fakessm.Activation) { a.RegistrationsCount = 1 }),                  // used
+			seed(func(a *fakessm.Activation) { a.CreatedDate = t0.Add(-10 * time.Minute) }), // older than the call
+			seed(func(a *fakessm.Activation) { a.Description = "bastion something else" }),  // another description
+			seed(func(a *fakessm.Activation) { a.Tags = nil }),                              // untagged
+		)
+		deleted = append(deleted, seed(func(a *fakessm.Activation) { a.CreatedDate = t0.Add(-time.Minute) })) // within the skew
+		// Hand-made activations with our name: enough for a second page.
+		for i := 0; i < 50; i++ {
+			kept = append(kept, seed(func(a *fakessm.Activation) { a.Description = fmt.Sprintf("hand-made %d", i) }))
+		}
 	})
 	ctx := context.Background()
 	if err := h.l.Start(ctx); err != nil {
 		t.Fatalf("Start: %v\n%s", err, h.logs)
 	}
-	if got := argAfter(h.st.args[0], "-id"); got != actID(8) {
-		t.Fatalf("registered with %s, want the reported activation %s", got, actID(8))
+	ours := h.registeredWith()
+	var lost string
+	for _, a := range h.srv.Activations() {
+		if a.Description != "" && !slices.Contains(kept, a.ActivationID) && !slices.Contains(deleted, a.ActivationID) && a.ActivationID != ours {
+			lost = a.ActivationID
+		}
 	}
-	if got, want := h.logged(t, "duplicate activation deleted"), []string{actID(1), actID(7)}; !slices.Equal(got, want) {
-		t.Errorf("duplicates deleted %q, want %q\n%s", got, want, h.logs)
+	if got := h.logged(t, "duplicate activation deleted"); len(got) != 2 || !slices.Contains(got, deleted[0]) {
+		t.Errorf("duplicates deleted %q, want the lost attempt's and %s\n%s", got, deleted[0], h.logs)
 	}
-	want := []string{}
-	for _, n := range []int{2, 3, 4, 5, 6} {
-		want = append(want, "activation "+actID(n))
+	if lost != "" {
+		t.Errorf("lost attempt's activation %s left", lost)
 	}
-	want = append(want, "activation "+foreign, "instance "+h.l.InstanceID())
+	if n := h.srv.Calls("DescribeActivations"); n != 2 {
+		t.Errorf("%d DescribeActivations calls, want 2 pages of one sweep", n)
+	}
+	want := slices.Clone(kept)
+	for i := range want {
+		want[i] = "activation " + want[i]
+	}
+	want = append(want, "instance "+h.l.InstanceID())
 	slices.Sort(want)
-	if got := h.api.leftovers(); !slices.Equal(got, want) {
+	if got := leftovers(h.srv); !slices.Equal(got, want) {
 		t.Errorf("left after Start:\n got %q\nwant %q", got, want)
 	}
 	if err := h.l.StopAgent(ctx); err != nil {
@@ -82,8 +130,8 @@ func TestDuplicateActivations(t *testing.T) {
 	if err := h.l.Deregister(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range h.api.leftovers() {
-		if l == "activation "+actID(1) || l == "activation "+actID(7) || l == "activation "+actID(8) || strings.HasPrefix(l, "instance ") {
+	for _, l := range leftovers(h.srv) {
+		if strings.HasPrefix(l, "instance ") || l == "activation "+ours {
 			t.Errorf("left after shutdown: %s", l)
 		}
 	}
@@ -100,9 +148,14 @@ func TestDuplicateOnlyOne(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			if late {
-				h.api.lateCreate = true
+				var in fakessm.Activation
+				onFirstCreate(t, h, func(a fakessm.Activation) { in = a })
+				var once sync.Once
+				h.srv.After("DeleteActivation", func(fakessm.Request) {
+					once.Do(func() { in.CreatedDate = t0; h.srv.AddActivation(in) })
+				})
 			} else {
-				h.api.extraCreates = []func(*types.Activation){nil}
+				loseFirstCreate(h)
 			}
 			ctx := context.Background()
 			if err := h.l.Start(ctx); err != nil {
@@ -114,7 +167,7 @@ func TestDuplicateOnlyOne(t *testing.T) {
 			if err := h.l.Deregister(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if left := h.api.leftovers(); len(left) != 0 {
+			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v", left)
 			}
 		})
@@ -126,25 +179,27 @@ func TestDuplicateActivationsNotOnECS(t *testing.T) {
 		c.MetadataURI = ""
 		c.InstanceName = "jump"
 	})
-	h.api.extraCreates = []func(*types.Activation){
-		nil, // deleted
-		func(a *types.Activation) { a.Description = aws.String("bastion jump") }, // another run's: kept
-	}
+	loseFirstCreate(h)
+	var other string
+	onFirstCreate(t, h, func(in fakessm.Activation) {
+		in.Description, in.CreatedDate = "bastion jump", t0 // another run's
+		other = h.srv.AddActivation(in).ActivationID
+	})
 	ctx := context.Background()
 	if err := h.l.Start(ctx); err != nil {
 		t.Fatalf("Start: %v\n%s", err, h.logs)
 	}
-	desc := aws.ToString(h.api.createIn.Description)
-	if !strings.HasPrefix(desc, "bastion jump run ") || len(desc) != len("bastion jump run ")+16 {
-		t.Errorf("Description = %q", desc)
+	act, _ := h.srv.Activation(h.registeredWith())
+	if !strings.HasPrefix(act.Description, "bastion jump run ") || len(act.Description) != len("bastion jump run ")+16 {
+		t.Errorf("Description = %q", act.Description)
 	}
-	if got := h.logged(t, "duplicate activation deleted"); !slices.Equal(got, []string{actID(1)}) {
+	if got := h.logged(t, "duplicate activation deleted"); len(got) != 1 {
 		t.Errorf("duplicates deleted %q", got)
 	}
 	if err := h.l.Deregister(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if left := h.api.leftovers(); !slices.Equal(left, []string{"activation " + actID(2)}) {
+	if left := leftovers(h.srv); !slices.Equal(left, []string{"activation " + other}) {
 		t.Errorf("left behind: %v", left)
 	}
 }
@@ -152,8 +207,8 @@ func TestDuplicateActivationsNotOnECS(t *testing.T) {
 // TestDuplicateSweepFailures: the sweep's failures are warnings.
 func TestDuplicateSweepFailures(t *testing.T) {
 	h := newHarness(t, nil)
-	h.api.extraCreates = []func(*types.Activation){nil}
-	h.api.errs["DescribeActivations"] = apiErr("AccessDeniedException")
+	loseFirstCreate(h)
+	fail(h.srv, "DescribeActivations", 0, "AccessDeniedException")
 	if err := h.l.Start(context.Background()); err != nil {
 		t.Fatalf("Start: %v\n%s", err, h.logs)
 	}
@@ -167,8 +222,8 @@ func TestDuplicateSweepFailures(t *testing.T) {
 	if !warned {
 		t.Errorf("no warning naming ssm:DescribeActivations:\n%s", h.logs)
 	}
-	if left := h.api.leftovers(); !slices.Contains(left, "activation "+actID(1)) {
-		t.Errorf("left %v", left)
+	if n := len(h.srv.Activations()); n != 1 {
+		t.Errorf("%d activations left, want the lost attempt's", n)
 	}
 }
 
@@ -176,63 +231,65 @@ func TestDuplicateSweepFailures(t *testing.T) {
 // attempt got through; its activation is deleted.
 func TestDuplicateAfterFailedCreate(t *testing.T) {
 	h := newHarness(t, nil)
-	h.api.extraCreates = []func(*types.Activation){nil}
-	h.api.createErr = apiErr("InternalServerError")
+	loseFirstCreate(h)
+	h.srv.Inject("CreateActivation", fakessm.Fault{Count: testAttempts - 1, Code: "InternalServerError"})
 	err := h.l.Start(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "ssm: create activation: ") {
 		t.Fatalf("Start = %v", err)
 	}
-	if left := h.api.leftovers(); len(left) != 0 {
+	if len(h.srv.Requests()) == 0 || h.srv.FaultsServed("CreateActivation") != testAttempts {
+		t.Fatalf("faults served %d", h.srv.FaultsServed("CreateActivation"))
+	}
+	if left := leftovers(h.srv); len(left) != 0 {
 		t.Errorf("left behind: %v\n%s", left, h.logs)
 	}
 
 	// Access denied: nothing was created, nothing is listed.
 	h = newHarness(t, nil)
-	h.api.createErr = apiErr("AccessDeniedException")
+	fail(h.srv, "CreateActivation", 1, "AccessDeniedException")
 	if err := h.l.Start(context.Background()); err == nil {
 		t.Fatal("Start succeeded")
 	}
-	for _, c := range h.api.Calls() {
-		if strings.HasPrefix(c, "DescribeActivations") {
-			t.Errorf("swept after access denied: %q", h.api.Calls())
-		}
+	if n := h.srv.Calls("DescribeActivations"); n != 0 {
+		t.Errorf("swept after access denied: %q", calls(h.srv))
 	}
 }
 
-// TestActivationDeleteRetried: a DeleteActivation that timed out (as under
+// TestActivationDeleteRetried: a DeleteActivation that failed (as under
 // heavy throttling) is retried once Online, and again at Deregister.
 func TestActivationDeleteRetried(t *testing.T) {
 	for _, fails := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%d failures", fails), func(t *testing.T) {
 			h := newHarness(t, nil)
-			h.api.deleteFails = fails
+			fail(h.srv, "DeleteActivation", fails, "InternalServerError")
 			ctx := context.Background()
 			if err := h.l.Start(ctx); err != nil {
 				t.Fatalf("Start: %v\n%s", err, h.logs)
 			}
 			want := []string{"instance " + h.l.InstanceID()}
 			if fails == 2 {
-				want = append([]string{"activation " + actID(1)}, want...)
+				want = append(want, "activation "+h.registeredWith())
+				slices.Sort(want)
 			}
-			if got := h.api.leftovers(); !slices.Equal(got, want) {
+			if got := leftovers(h.srv); !slices.Equal(got, want) {
 				t.Errorf("after Start: %q, want %q", got, want)
 			}
 			if err := h.l.Deregister(ctx); err != nil {
 				t.Fatalf("Deregister: %v", err)
 			}
-			if left := h.api.leftovers(); len(left) != 0 {
+			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v\n%s", left, h.logs)
 			}
 		})
 	}
 	t.Run("failed start", func(t *testing.T) {
 		h := newHarness(t, nil)
-		h.api.deleteFails = 1
+		fail(h.srv, "DeleteActivation", 1, "InternalServerError")
 		h.st.regMode = "refused"
 		if err := h.l.Start(context.Background()); err == nil {
 			t.Fatal("Start succeeded")
 		}
-		if left := h.api.leftovers(); len(left) != 0 {
+		if left := leftovers(h.srv); len(left) != 0 {
 			t.Errorf("left behind: %v\n%s", left, h.logs)
 		}
 	})

@@ -4,17 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
-	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"github.com/bastion-dev/bastion/test/fakessm"
 )
 
 func TestStartHappyPath(t *testing.T) {
@@ -23,7 +23,16 @@ func TestStartHappyPath(t *testing.T) {
 		c.LogGroup = "/bastion/agent"
 		c.Endpoint = "http://127.0.0.1:4566"
 	})
-	h.api.onlineAfter = 2
+	// Online at the third readiness poll.
+	h.st.noPing = true
+	var polls atomic.Int32
+	h.srv.After("DescribeInstanceInformation", func(r fakessm.Request) {
+		if strings.Contains(r.Body, `"InstanceIds"`) && polls.Add(1) == 2 {
+			if reg, err := readRegistration(filepath.Join(h.root, RegistrationFile)); err == nil {
+				h.srv.SetPing(reg.ManagedInstanceID, t0)
+			}
+		}
+	})
 	if err := os.MkdirAll(filepath.Join(h.root, IPCDir, "health"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -32,10 +41,10 @@ func TestStartHappyPath(t *testing.T) {
 		t.Fatalf("Start: %v\n%s", err, h.logs)
 	}
 	id := h.l.InstanceID()
-	if id != "mi-00000000000000001" {
+	if !instanceIDPattern.MatchString(id) {
 		t.Fatalf("InstanceID = %q", id)
 	}
-	act := "00000000-0000-0000-0000-000000000001"
+	act := argAfter(h.st.args[0], "-id")
 	want := []string{
 		"GetServiceSetting /ssm/managed-instance/activation-tier",
 		"DescribeInstanceInformation tag:bastion:ecs-cluster", // orphan sweep
@@ -46,26 +55,26 @@ func TestStartHappyPath(t *testing.T) {
 		"DescribeInstanceInformation InstanceIds",
 		"DescribeInstanceInformation InstanceIds",
 	}
-	if got := h.api.Calls(); !slices.Equal(got, want) {
+	if got := calls(h.srv); !slices.Equal(got, want) {
 		t.Errorf("calls:\n got %q\nwant %q", got, want)
 	}
 
-	in := h.api.createIn
-	if aws.ToString(in.IamRole) != "bastion-ssm" || aws.ToInt32(in.RegistrationLimit) != 1 {
-		t.Errorf("CreateActivation role %q limit %d", aws.ToString(in.IamRole), aws.ToInt32(in.RegistrationLimit))
+	in, ok := h.srv.Activation(act)
+	if !ok || in.IamRole != "bastion-ssm" || in.RegistrationLimit != 1 || !in.Deleted {
+		t.Errorf("activation %+v", in)
 	}
-	if got := aws.ToString(in.DefaultInstanceName); got != "bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0" {
-		t.Errorf("DefaultInstanceName = %q", got)
+	if in.DefaultInstanceName != "bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0" {
+		t.Errorf("DefaultInstanceName = %q", in.DefaultInstanceName)
 	}
-	if got := aws.ToString(in.Description); !regexp.MustCompile(`^bastion arn:aws:ecs:us-east-1:123456789012:task/ops/0f1e2d3c4b5a69788796a5b4c3d2e1f0 run [0-9a-f]{16}$`).MatchString(got) {
-		t.Errorf("Description = %q", got)
+	if !regexp.MustCompile(`^bastion arn:aws:ecs:us-east-1:123456789012:task/ops/0f1e2d3c4b5a69788796a5b4c3d2e1f0 run [0-9a-f]{16}$`).MatchString(in.Description) {
+		t.Errorf("Description = %q", in.Description)
 	}
-	if got := aws.ToTime(in.ExpirationDate); !got.Equal(t0.Add(time.Hour)) {
-		t.Errorf("ExpirationDate = %v", got)
+	if !in.ExpirationDate.Equal(t0.Add(time.Hour)) {
+		t.Errorf("ExpirationDate = %v", in.ExpirationDate)
 	}
 	tags := map[string]string{}
 	for _, tg := range in.Tags {
-		tags[aws.ToString(tg.Key)] = aws.ToString(tg.Value)
+		tags[tg.Key] = tg.Value
 	}
 	wantTags := map[string]string{
 		TagCluster:   "ops",
@@ -79,12 +88,9 @@ func TestStartHappyPath(t *testing.T) {
 	}
 
 	// Registration command and agent start.
-	wantArgs := [][]string{
-		{"-register", "-code", testCode, "-id", act, "-region", "us-east-1", "-y"},
-		{},
-	}
-	if len(h.st.args) != 2 || !slices.Equal(h.st.args[0], wantArgs[0]) || len(h.st.args[1]) != 0 {
-		t.Errorf("agent invocations = %q, want %q", h.st.args, wantArgs)
+	wantArgs := []string{"-register", "-code", h.st.codes()[0], "-id", act, "-region", "us-east-1", "-y"}
+	if len(h.st.args) != 2 || !slices.Equal(h.st.args[0], wantArgs) || len(h.st.args[1]) != 0 {
+		t.Errorf("agent invocations = %q, want %q and none", h.st.args, wantArgs)
 	}
 	if h.exists(IPCDir) {
 		t.Errorf("stale IPC directory not removed")
@@ -106,7 +112,7 @@ func TestStartHappyPath(t *testing.T) {
 	if !strings.Contains(string(b), `data-log-group="/bastion/agent"`) {
 		t.Errorf("seelog without log group:\n%s", b)
 	}
-	if left := h.api.leftovers(); !slices.Equal(left, []string{"instance " + id}) {
+	if left := leftovers(h.srv); !slices.Equal(left, []string{"instance " + id}) {
 		t.Errorf("state after Start = %v", left)
 	}
 
@@ -136,7 +142,7 @@ func TestStartHappyPath(t *testing.T) {
 	if err := h.l.Deregister(sctx); err != nil {
 		t.Errorf("Deregister: %v", err)
 	}
-	if left := h.api.leftovers(); len(left) != 0 {
+	if left := leftovers(h.srv); len(left) != 0 {
 		t.Errorf("left after shutdown: %v", left)
 	}
 	if h.exists(RegistrationFile) {
@@ -167,16 +173,16 @@ func TestStartNotOnECS(t *testing.T) {
 	if err := h.l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range h.api.Calls() {
+	for _, c := range calls(h.srv) {
 		if strings.Contains(c, "tag:") {
 			t.Errorf("orphan sweep off ECS: %s", c)
 		}
 	}
-	in := h.api.createIn
-	if got := aws.ToString(in.DefaultInstanceName); got != "jump host -1" {
-		t.Errorf("DefaultInstanceName = %q", got)
+	in, _ := h.srv.Activation(argAfter(h.st.args[0], "-id"))
+	if in.DefaultInstanceName != "jump host -1" {
+		t.Errorf("DefaultInstanceName = %q", in.DefaultInstanceName)
 	}
-	if len(in.Tags) != 1 || aws.ToString(in.Tags[0].Key) != TagManagedBy {
+	if len(in.Tags) != 1 || in.Tags[0].Key != TagManagedBy {
 		t.Errorf("tags = %v", in.Tags)
 	}
 }
@@ -187,9 +193,9 @@ func TestStartPreflight(t *testing.T) {
 		name       string
 		optOut     bool
 		tier       string
-		errs       map[string]error
-		wantErr    []string // substrings; nil = success
-		activation bool     // CreateActivation called
+		errs       map[string]string // op → error code of every call
+		wantErr    []string          // substrings; nil = success
+		activation bool              // CreateActivation called
 	}{
 		{
 			name: "standard tier", tier: "standard",
@@ -199,21 +205,21 @@ func TestStartPreflight(t *testing.T) {
 		},
 		{name: "standard tier, opted out", tier: "standard", optOut: true, activation: true},
 		{
-			name: "get setting denied", errs: map[string]error{"GetServiceSetting": apiErr("AccessDeniedException")},
+			name: "get setting denied", errs: map[string]string{"GetServiceSetting": "AccessDeniedException"},
 			wantErr: []string{"access denied", "ssm:GetServiceSetting"},
 		},
 		{
 			name: "get setting denied, opted out", optOut: true, activation: true,
-			errs: map[string]error{"GetServiceSetting": apiErr("AccessDeniedException")},
+			errs: map[string]string{"GetServiceSetting": "AccessDeniedException"},
 		},
 		{
 			name: "create activation denied", activation: true,
-			errs:    map[string]error{"CreateActivation": apiErr("AccessDeniedException")},
+			errs:    map[string]string{"CreateActivation": "AccessDeniedException"},
 			wantErr: []string{"ssm: create activation: access denied", "ssm:CreateActivation", `iam:PassRole on role "bastion-ssm"`},
 		},
 		{
 			name: "sweep denied is not fatal", activation: true,
-			errs: map[string]error{"DescribeInstanceInformation": apiErr("AccessDeniedException")},
+			errs: map[string]string{"DescribeInstanceInformation": "AccessDeniedException"},
 			// Readiness is denied too: that is fatal.
 			wantErr: []string{"wait for agent online", "ssm:DescribeInstanceInformation"},
 		},
@@ -221,9 +227,11 @@ func TestStartPreflight(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.RequireAdvancedTier = !tt.optOut })
-			h.api.tier, h.api.tierARN = tt.tier, tierARN
-			for k, v := range tt.errs {
-				h.api.errs[k] = v
+			if tt.tier != "" {
+				h.srv.SetServiceSetting(fakessm.ActivationTierSetting, tt.tier)
+			}
+			for op, code := range tt.errs {
+				fail(h.srv, op, 0, code)
 			}
 			err := h.l.Start(context.Background())
 			if tt.wantErr == nil {
@@ -239,11 +247,11 @@ func TestStartPreflight(t *testing.T) {
 						t.Errorf("error %q lacks %q", err, s)
 					}
 				}
-				if left := h.api.leftovers(); len(left) != 0 {
+				if left := leftovers(h.srv); len(left) != 0 {
 					t.Errorf("left behind: %v", left)
 				}
 			}
-			if got := slices.Contains(h.api.Calls(), "CreateActivation"); got != tt.activation {
+			if got := slices.Contains(calls(h.srv), "CreateActivation"); got != tt.activation {
 				t.Errorf("CreateActivation called = %v, want %v", got, tt.activation)
 			}
 		})
@@ -257,7 +265,7 @@ func TestStartRegistrationFailures(t *testing.T) {
 		wantErr string
 	}{
 		{"refused", "refused", "exited with code 1: Registration failed due to error registering the instance with AWS SSM. InvalidActivation"},
-		{"id mismatch", "mismatch", `registration file names "mi-00000000000000001" but amazon-ssm-agent reported "mi-0123456789abcdef0"`},
+		{"id mismatch", "mismatch", `but amazon-ssm-agent reported "mi-0123456789abcdef0"`},
 		{"no success line", "noline", "did not report a managed instance id"},
 		{"registered but not persisted", "persistfail", "Registration failed due to error persisting"},
 	}
@@ -269,10 +277,10 @@ func TestStartRegistrationFailures(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "ssm: register: ") {
 				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
 			}
-			if !slices.Contains(h.api.Calls(), "DeleteActivation 00000000-0000-0000-0000-000000000001") {
-				t.Errorf("DeleteActivation not called: %q", h.api.Calls())
+			if !slices.Contains(calls(h.srv), "DeleteActivation "+argAfter(h.st.args[0], "-id")) {
+				t.Errorf("DeleteActivation not called: %q", calls(h.srv))
 			}
-			if left := h.api.leftovers(); len(left) != 0 {
+			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v", left)
 			}
 			if h.exists(RegistrationFile) {
@@ -297,7 +305,7 @@ func TestStartReadiness(t *testing.T) {
 		{
 			name: "timeout",
 			setup: func(h *harness) context.Context {
-				h.api.onlineAfter = -1
+				h.st.noPing = true
 				h.l.cfg.ReadyTimeout = 50 * time.Millisecond
 				return context.Background()
 			},
@@ -306,7 +314,7 @@ func TestStartReadiness(t *testing.T) {
 		{
 			name: "agent exits",
 			setup: func(h *harness) context.Context {
-				h.api.onlineAfter = -1
+				h.st.noPing = true
 				h.st.agent = func(int) *fakeProc { p := newFakeProc(7); p.exit(0); return p }
 				return context.Background()
 			},
@@ -315,7 +323,7 @@ func TestStartReadiness(t *testing.T) {
 		{
 			name: "context cancelled",
 			setup: func(h *harness) context.Context {
-				h.api.onlineAfter = -1
+				h.st.noPing = true
 				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 				h.l.cfg.ReadyTimeout = time.Hour
 				_ = cancel
@@ -340,14 +348,14 @@ func TestStartReadiness(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
 			}
-			if left := h.api.leftovers(); len(left) != 0 {
+			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v", left)
 			}
-			if !slices.Contains(h.api.Calls(), "DeregisterManagedInstance mi-00000000000000001") {
-				t.Errorf("no deregistration: %q", h.api.Calls())
+			if n := h.srv.Calls("DeregisterManagedInstance"); n != 1 {
+				t.Errorf("%d deregistrations: %q", n, calls(h.srv))
 			}
-			for _, c := range h.api.doneCtx {
-				if !strings.HasPrefix(c, "DescribeInstanceInformation InstanceIds") {
+			for _, c := range h.api.calledDone() {
+				if c != "DescribeInstanceInformation" {
 					t.Errorf("cleanup call with a done context: %v", c)
 				}
 			}
@@ -378,7 +386,7 @@ func TestStartStaleRegistration(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
 			if tt.exists {
-				h.api.addInstance("mi-0aaaaaaaaaaaaaaaa")
+				h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-0aaaaaaaaaaaaaaaa"})
 			}
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
@@ -388,7 +396,7 @@ func TestStartStaleRegistration(t *testing.T) {
 			if err := h.l.Start(context.Background()); err != nil {
 				t.Fatalf("Start: %v", err)
 			}
-			calls := h.api.Calls()
+			calls := calls(h.srv)
 			dereg := slices.Index(calls, "DeregisterManagedInstance mi-0aaaaaaaaaaaaaaaa")
 			if json.Valid([]byte(tt.file)) != (dereg >= 0) {
 				t.Errorf("calls %q", calls)
@@ -396,11 +404,11 @@ func TestStartStaleRegistration(t *testing.T) {
 			if dereg > slices.Index(calls, "CreateActivation") {
 				t.Errorf("stale instance deregistered after CreateActivation: %q", calls)
 			}
-			if left := h.api.leftovers(); !slices.Equal(left, []string{"instance mi-00000000000000001"}) {
+			if left := leftovers(h.srv); !slices.Equal(left, []string{"instance " + h.l.InstanceID()}) {
 				t.Errorf("state = %v", left)
 			}
 			reg, err := readRegistration(p)
-			if err != nil || reg.ManagedInstanceID != "mi-00000000000000001" {
+			if err != nil || reg.ManagedInstanceID != h.l.InstanceID() {
 				t.Errorf("registration file = %+v, %v", reg, err)
 			}
 		})
@@ -408,39 +416,31 @@ func TestStartStaleRegistration(t *testing.T) {
 }
 
 func TestOrphanSweep(t *testing.T) {
-	ago := func(d time.Duration) *time.Time { x := t0.Add(-d); return &x }
-	ii := func(id string, ps types.PingStatus, lastPing, registered *time.Time) types.InstanceInformation {
-		return types.InstanceInformation{InstanceId: aws.String(id), PingStatus: ps, LastPingDateTime: lastPing, RegistrationDate: registered}
-	}
+	ago := func(d time.Duration) time.Time { return t0.Add(-d) }
 	h := newHarness(t, nil)
-	h.api.sweepPages = map[string]*awsssm.DescribeInstanceInformationOutput{
-		"": {
-			InstanceInformationList: []types.InstanceInformation{
-				ii("mi-00000000000000a01", types.PingStatusOnline, ago(time.Hour), nil),         // online: untouched
-				ii("mi-00000000000000a02", types.PingStatusConnectionLost, ago(time.Hour), nil), // orphan
-				ii("mi-00000000000000a03", types.PingStatusConnectionLost, ago(5*time.Minute), nil),
-				ii("mi-00000000000000a04", types.PingStatusConnectionLost, ago(15*time.Minute), nil), // exactly at threshold
-			},
-			NextToken: aws.String("page2"),
-		},
-		"page2": {
-			InstanceInformationList: []types.InstanceInformation{
-				ii("mi-00000000000000b01", types.PingStatusConnectionLost, nil, ago(2*time.Hour)), // never pinged
-				ii("mi-00000000000000b02", types.PingStatusConnectionLost, nil, nil),
-				ii("i-0123456789abcdef0", types.PingStatusConnectionLost, ago(time.Hour), nil), // EC2
-				ii("mi-00000000000000b03", types.PingStatusInactive, ago(time.Hour), nil),
-			},
-			NextToken: aws.String("page2"), // a looping token must not loop
-		},
+	ours := []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}}
+	add := func(id string, ping time.Time, status string, registered time.Time) {
+		h.srv.AddInstance(fakessm.Instance{InstanceID: id, LastPing: ping, PingStatus: status, RegistrationDate: registered, Tags: ours})
 	}
-	for _, id := range []string{"mi-00000000000000a01", "mi-00000000000000a02", "mi-00000000000000a03", "mi-00000000000000a04", "mi-00000000000000b01", "mi-00000000000000b02", "mi-00000000000000b03"} {
-		h.api.addInstance(id)
+	add("mi-00000000000000a01", time.Time{}, fakessm.PingOnline, ago(time.Hour)) // online: untouched
+	add("mi-00000000000000a02", ago(time.Hour), "", time.Time{})                 // orphan
+	add("mi-00000000000000a03", ago(5*time.Minute), "", time.Time{})
+	add("mi-00000000000000a04", ago(15*time.Minute), "", time.Time{})              // exactly at threshold: orphan
+	add("mi-00000000000000b01", time.Time{}, "", ago(2*time.Hour))                 // never pinged
+	add("mi-00000000000000b02", time.Time{}, "", time.Time{})                      // registered just now
+	add("mi-00000000000000b03", time.Time{}, fakessm.PingInactive, ago(time.Hour)) // inactive
+	h.srv.AddInstance(fakessm.Instance{InstanceID: "i-0123456789abcdef0", ResourceType: "EC2Instance", LastPing: ago(time.Hour), Tags: ours})
+	h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-00000000000000c01", LastPing: ago(time.Hour),
+		Tags: []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "other"}}})
+	// Enough Online siblings for a second page.
+	for i := 0; i < 50; i++ {
+		add(fmt.Sprintf("mi-00000000000001%03d", i), time.Time{}, fakessm.PingOnline, ago(time.Hour))
 	}
 	h.l.task = &taskMeta{Cluster: "ops", Family: "bastion"}
 	h.l.sweepOrphans(context.Background())
 
 	var deregistered []string
-	for _, c := range h.api.Calls() {
+	for _, c := range calls(h.srv) {
 		if id, ok := strings.CutPrefix(c, "DeregisterManagedInstance "); ok {
 			deregistered = append(deregistered, id)
 		}
@@ -449,19 +449,28 @@ func TestOrphanSweep(t *testing.T) {
 	if !slices.Equal(deregistered, want) {
 		t.Errorf("deregistered %q, want %q", deregistered, want)
 	}
-	if len(h.api.describeIn) != 2 {
-		t.Fatalf("%d describe calls, want 2 pages", len(h.api.describeIn))
+	var pages []fakessm.Request
+	for _, r := range h.srv.Requests() {
+		if r.Op == "DescribeInstanceInformation" {
+			pages = append(pages, r)
+		}
 	}
-	in := h.api.describeIn[0]
-	if len(in.Filters) != 2 || aws.ToString(in.Filters[0].Key) != "tag:"+TagCluster || in.Filters[0].Values[0] != "ops" ||
-		aws.ToString(in.Filters[1].Key) != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" {
-		t.Errorf("filters = %+v", in.Filters)
+	if len(pages) != 2 || !strings.Contains(pages[1].Body, `"NextToken"`) {
+		t.Fatalf("describe calls %+v, want 2 pages", pages)
 	}
-	if in.InstanceInformationFilterList != nil {
-		t.Errorf("legacy filter list mixed in")
+	var in struct {
+		Filters []struct {
+			Key    string
+			Values []string
+		}
+		InstanceInformationFilterList any
 	}
-	if aws.ToString(h.api.describeIn[1].NextToken) != "page2" {
-		t.Errorf("second page not requested with its token")
+	if err := json.Unmarshal([]byte(pages[0].Body), &in); err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Filters) != 2 || in.Filters[0].Key != "tag:"+TagCluster || in.Filters[0].Values[0] != "ops" ||
+		in.Filters[1].Key != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" || in.InstanceInformationFilterList != nil {
+		t.Errorf("request %s", pages[0].Body)
 	}
 }
 
@@ -573,23 +582,25 @@ func TestDeregister(t *testing.T) {
 	tests := []struct {
 		name    string
 		exists  bool
-		err     error
+		err     string // code of every DeregisterManagedInstance call
 		wantErr string
-		file    bool // registration file removed
+		file    bool // registration file kept
 	}{
 		{name: "registered", exists: true, file: false},
 		{name: "already gone", exists: false, file: false},
-		{name: "denied", exists: true, err: apiErr("AccessDeniedException"), wantErr: "ssm:DeregisterManagedInstance", file: true},
-		{name: "throttled", exists: true, err: apiErr("ThrottlingException"), wantErr: "ssm: deregister managed instance: ", file: true},
+		{name: "denied", exists: true, err: "AccessDeniedException", wantErr: "ssm:DeregisterManagedInstance", file: true},
+		{name: "throttled", exists: true, err: "ThrottlingException", wantErr: "ssm: deregister managed instance: ", file: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			const id = "mi-0bbbbbbbbbbbbbbbb"
 			if tt.exists {
-				h.api.addInstance(id)
+				h.srv.AddInstance(fakessm.Instance{InstanceID: id})
 			}
-			h.api.errs["DeregisterManagedInstance"] = tt.err
+			if tt.err != "" {
+				fail(h.srv, "DeregisterManagedInstance", 0, tt.err)
+			}
 			h.l.instanceID = id
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
@@ -605,18 +616,18 @@ func TestDeregister(t *testing.T) {
 	}
 	t.Run("from file without Start", func(t *testing.T) {
 		h := newHarness(t, nil)
-		h.api.addInstance("mi-0cccccccccccccccc")
+		h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-0cccccccccccccccc"})
 		p := filepath.Join(h.root, RegistrationFile)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte(`{"ManagedInstanceID":"mi-0cccccccccccccccc","Region":"us-east-1"}`), 0o600)
-		if err := h.l.Deregister(context.Background()); err != nil || len(h.api.leftovers()) != 0 {
-			t.Errorf("Deregister = %v, left %v", err, h.api.leftovers())
+		if err := h.l.Deregister(context.Background()); err != nil || len(leftovers(h.srv)) != 0 {
+			t.Errorf("Deregister = %v, left %v", err, leftovers(h.srv))
 		}
 	})
 	t.Run("nothing registered", func(t *testing.T) {
 		h := newHarness(t, nil)
-		if err := h.l.Deregister(context.Background()); err != nil || len(h.api.Calls()) != 0 {
-			t.Errorf("Deregister = %v, calls %q", err, h.api.Calls())
+		if err := h.l.Deregister(context.Background()); err != nil || len(calls(h.srv)) != 0 {
+			t.Errorf("Deregister = %v, calls %q", err, calls(h.srv))
 		}
 	})
 }
@@ -688,15 +699,15 @@ func TestDefaults(t *testing.T) {
 func TestAgentNotFound(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.AgentPath = "no-such-amazon-ssm-agent" })
 	err := h.l.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "ssm: agent executable") || len(h.api.Calls()) != 0 {
-		t.Errorf("Start = %v, calls %q", err, h.api.Calls())
+	if err == nil || !strings.Contains(err.Error(), "ssm: agent executable") || len(calls(h.srv)) != 0 {
+		t.Errorf("Start = %v, calls %q", err, calls(h.srv))
 	}
 }
 
 func TestStartTaskMetadataFailure(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MetadataURI += "/missing" })
 	err := h.l.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "ssm: ECS task metadata: GET /task: 404") || len(h.api.Calls()) != 0 {
-		t.Errorf("Start = %v, calls %q", err, h.api.Calls())
+	if err == nil || !strings.Contains(err.Error(), "ssm: ECS task metadata: GET /task: 404") || len(calls(h.srv)) != 0 {
+		t.Errorf("Start = %v, calls %q", err, calls(h.srv))
 	}
 }

@@ -13,6 +13,10 @@ import (
 	"time"
 )
 
+// testCode stands for an activation code in tests that run a shell as the
+// agent.
+const testCode = "SECRETCODE0123456789abcdef"
+
 // shellStarter runs script with /bin/sh in place of the agent, keeping the
 // pipe and process attributes the lifecycle set. Only tests call Wait.
 type shellStarter struct {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
@@ -62,8 +61,6 @@ func Load() (*Config, error) {
 	cfg.Env = env
 	return cfg, nil
 }
-
-var tagPart = regexp.MustCompile(`^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$`)
 
 func (c *Config) validate(e *Env) error {
 	if _, _, err := net.SplitHostPort(e.SSHAddr); err != nil {
@@ -136,22 +133,21 @@ func (c *Config) validate(e *Env) error {
 	default:
 		return errors.New("entrypoint: BASTION_SSM: want auto, on or off")
 	}
-	if c.SSM {
-		if e.Region == "" {
-			return errors.New("entrypoint: AWS_REGION: required when SSM is on (INSTANCE_IAM_ROLE is set)")
-		}
-		if len(e.InstanceIAMRole) > 64 || strings.ContainsAny(e.InstanceIAMRole, ": ") {
-			return errors.New("entrypoint: INSTANCE_IAM_ROLE: want an IAM role name or path/name (not an ARN), at most 64 characters")
-		}
-		if len(e.InstanceName) > 256 || !tagPart.MatchString(e.InstanceName) {
-			return errors.New("entrypoint: INSTANCE_NAME: at most 256 letters, digits, spaces and _.:/=+-@")
-		}
-	}
 	tags, err := parseTags(e.SSMTags)
 	if err != nil {
 		return fmt.Errorf("entrypoint: BASTION_SSM_TAGS: %w", err)
 	}
 	c.SSMTags = tags
+	if c.SSM {
+		if e.Region == "" {
+			return errors.New("entrypoint: AWS_REGION: required when SSM is on (INSTANCE_IAM_ROLE is set)")
+		}
+		// The service's rules have one home, in ssm.
+		sc := ssm.Config{Region: e.Region, IAMRole: e.InstanceIAMRole, InstanceName: e.InstanceName, LogGroup: e.LogGroup, Tags: tags}
+		if err := sc.Validate(); err != nil {
+			return fmt.Errorf("entrypoint: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -229,6 +229,24 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"entrypoint: BASTION_ALLOW: entry 1"},
 		},
 		{
+			name: "ssm rules come from ssm: log group",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1", "CLOUDWATCH_RECEIVER_LOG_GROUP": `a"b`},
+			wantErr: []string{"entrypoint: ssm: CLOUDWATCH_RECEIVER_LOG_GROUP"},
+		},
+		{
+			name: "ssm rules come from ssm: instance name",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1", "INSTANCE_NAME": "jump#1"},
+			wantErr: []string{"entrypoint: ssm: INSTANCE_NAME"},
+		},
+		{
+			name: "ssm rules come from ssm: role as ARN",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "arn:aws:iam::123456789012:role/x", "AWS_REGION": "eu-west-1"},
+			wantErr: []string{"entrypoint: ssm: INSTANCE_IAM_ROLE", "not an ARN"},
+		},
+		{
 			name: "drain not shorter than stop",
 			env: map[string]string{
 				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),

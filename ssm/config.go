@@ -173,16 +173,21 @@ var instanceIDPattern = regexp.MustCompile(`^mi-[0-9a-f]{17}$`)
 // logGroupPattern is CloudWatch Logs' pattern for log group names.
 var logGroupPattern = regexp.MustCompile(`^[.\-_/#A-Za-z0-9]{1,512}$`)
 
-// validate reports the first unusable field, naming its variable.
-func (c Config) validate() error {
+// Validate reports the first unusable field, naming its variable, by the
+// service's rules (IamRole a role name of at most 64 characters;
+// DefaultInstanceName and tags at most 256 and 128/256 characters of
+// letters, digits, spaces and _.:/=+-@). It is the one copy of these rules:
+// entrypoint calls it before any AWS call, Start again. Zero durations
+// count as their defaults.
+func (c Config) Validate() error {
 	if c.Region == "" {
 		return fmt.Errorf("ssm: AWS_REGION is required")
 	}
-	if c.IAMRole == "" {
-		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE is required")
+	if err := checkIAMRole(c.IAMRole); err != nil {
+		return err
 	}
-	if utf8.RuneCountInString(c.IAMRole) > 64 || strings.Contains(c.IAMRole, ":") {
-		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name (not an ARN) of at most 64 characters")
+	if utf8.RuneCountInString(c.InstanceName) > 256 || !tagPattern.MatchString(c.InstanceName) {
+		return fmt.Errorf("ssm: INSTANCE_NAME must have at most 256 letters, digits, spaces and _.:/=+-@")
 	}
 	if c.LogGroup != "" && !logGroupPattern.MatchString(c.LogGroup) {
 		return fmt.Errorf("ssm: CLOUDWATCH_RECEIVER_LOG_GROUP is not a valid log group name")
@@ -194,6 +199,20 @@ func (c Config) validate() error {
 		if err := CheckUserTag(k, v); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkIAMRole: CreateActivation's IamRole is a role name (with its path,
+// if any) of at most 64 characters; an ARN is the common mistake.
+func checkIAMRole(role string) error {
+	switch {
+	case role == "":
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE is required")
+	case strings.Contains(role, ":"):
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name (or path/name), not an ARN")
+	case utf8.RuneCountInString(role) > 64:
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name of at most 64 characters")
 	}
 	return nil
 }

@@ -90,7 +90,7 @@ func (l *Lifecycle) call(ctx context.Context) (context.Context, context.CancelFu
 // activation nor a managed instance is left behind, even if ctx is done.
 func (l *Lifecycle) Start(ctx context.Context) error {
 	begin := l.cfg.Clock()
-	if err := l.cfg.validate(); err != nil {
+	if err := l.cfg.Validate(); err != nil {
 		return err
 	}
 	agentPath, err := exec.LookPath(l.cfg.AgentPath)

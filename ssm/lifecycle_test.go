@@ -168,7 +168,7 @@ func mapsEqual(a, b map[string]string) bool {
 func TestStartNotOnECS(t *testing.T) {
 	h := newHarness(t, func(c *Config) {
 		c.MetadataURI = ""
-		c.InstanceName = "  jump host #1  "
+		c.InstanceName = "  jump host 1  "
 	})
 	if err := h.l.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func TestStartNotOnECS(t *testing.T) {
 		}
 	}
 	in, _ := h.srv.Activation(argAfter(h.st.args[0], "-id"))
-	if in.DefaultInstanceName != "jump host -1" {
+	if in.DefaultInstanceName != "jump host 1" {
 		t.Errorf("DefaultInstanceName = %q", in.DefaultInstanceName)
 	}
 	if len(in.Tags) != 1 || in.Tags[0].Key != TagManagedBy {
@@ -645,6 +645,11 @@ func TestConfigValidate(t *testing.T) {
 		{"no role", func(c *Config) { c.IAMRole = "" }, "INSTANCE_IAM_ROLE is required"},
 		{"role arn", func(c *Config) { c.IAMRole = "arn:aws:iam::1:role/x" }, "not an ARN"},
 		{"role too long", func(c *Config) { c.IAMRole = long }, "at most 64"},
+		{"role of 64 characters", func(c *Config) { c.IAMRole = strings.Repeat("é", 64) }, ""},
+		{"name", func(c *Config) { c.InstanceName = "踏み台 jump-1_a.b:c/d=e+f@g" }, ""},
+		{"name of 256 characters", func(c *Config) { c.InstanceName = strings.Repeat("é", 256) }, ""},
+		{"name too long", func(c *Config) { c.InstanceName = strings.Repeat("x", 257) }, "INSTANCE_NAME"},
+		{"name with a bad character", func(c *Config) { c.InstanceName = "jump#1" }, "INSTANCE_NAME"},
 		{"bad log group", func(c *Config) { c.LogGroup = `a"b` }, "CLOUDWATCH_RECEIVER_LOG_GROUP"},
 		{"ttl too long", func(c *Config) { c.ActivationTTL = 31 * 24 * time.Hour }, "30 days"},
 		{"reserved tag", func(c *Config) { c.Tags = map[string]string{TagCluster: "x"} }, "reserved"},
@@ -658,7 +663,7 @@ func TestConfigValidate(t *testing.T) {
 			c := DefaultConfig()
 			c.Region, c.IAMRole = "us-east-1", "r"
 			tt.mut(&c)
-			err := c.withDefaults().validate()
+			err := c.withDefaults().Validate()
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Errorf("validate = %v, want %q", err, tt.wantErr)
 			}

@@ -426,6 +426,9 @@ func TestSSMFaults(t *testing.T) {
 					t.Fatalf("exit %d:\n%s", code, b.Log.String())
 				}
 				e.assertNoLeaks(t)
+				if n := e.api.FaultsServed(op); n != 1 {
+					t.Fatalf("%s: %d injected faults served, want 1: the fault never fired", op, n)
+				}
 			})
 		}
 	}
@@ -524,5 +527,8 @@ func TestSSMFiftyBastions(t *testing.T) {
 	t.Logf("50 bastions under 10 req/s: all registered and deregistered; %d requests throttled; leaks: %d activations, %d instances", throttled, a, in)
 	if a != 0 || in != 0 {
 		t.Fatalf("leaked %d activations and %d instances", a, in)
+	}
+	if throttled == 0 {
+		t.Fatalf("no request was throttled: the test did not run under the rate limit it claims")
 	}
 }

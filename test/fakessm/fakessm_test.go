@@ -575,6 +575,12 @@ func TestFaultInjection(t *testing.T) {
 	})
 	t.Run("delay next only", func(t *testing.T) {
 		// A delay well above a loaded machine's call time tells the two apart.
+		before := srv.FaultsServed("GetServiceSetting")
+		defer func() {
+			if n := srv.FaultsServed("GetServiceSetting") - before; n != 1 {
+				t.Errorf("delays served %d, want 1", n)
+			}
+		}()
 		srv.DelayNext("GetServiceSetting", 1, time.Second)
 		for i, want := range []time.Duration{time.Second, 0} {
 			start := time.Now()

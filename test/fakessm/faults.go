@@ -167,8 +167,8 @@ func (s *Server) nextFault(op string) (_ *apiError, after bool) {
 	return nil, false
 }
 
-// FaultsServed counts the calls to op answered by an injected fault (AnyOp:
-// all ops), so a test can check the fault it injected really fired.
+// FaultsServed counts the calls to op that met an injected fault or delay
+// (AnyOp: all ops), so a test can check that what it injected really fired.
 func (s *Server) FaultsServed(op string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

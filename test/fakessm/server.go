@@ -94,7 +94,8 @@ type Request struct {
 	ErrorCode   string    `json:"errorCode,omitempty"`
 	// Body is the request's JSON input as sent.
 	Body string `json:"body,omitempty"`
-	// Fault is the code of the injected fault that answered it, if any.
+	// Fault is what was injected and served: the code of the fault that
+	// answered it, or "delay".
 	Fault string `json:"fault,omitempty"`
 }
 
@@ -292,9 +293,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 
 // process applies the injected behaviour in the order a real request meets
 // it: authentication, throttling, latency, then the operation itself. fault
-// is the code of an injected fault that answered, if any. A fault injected
-// with After answers only once the operation has taken effect: a response
-// lost on the way back.
+// names what was injected and served, if anything: the code of a fault that
+// answered, else "delay". A fault injected with After answers only once the
+// operation has taken effect: a response lost on the way back.
 func (s *Server) process(ctx context.Context, op, akid string, body []byte, authErr *apiError) (resp any, fault string, _ *apiError) {
 	if authErr != nil {
 		return nil, "", authErr
@@ -303,12 +304,13 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 		return nil, "", errCommon(http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
 	}
 	if d := s.nextDelay(op); d > 0 {
+		fault = "delay"
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return nil, "", &apiError{} // client gave up; answer nothing
+			return nil, fault, &apiError{} // client gave up; answer nothing
 		}
 	}
 	f, after := s.nextFault(op)
@@ -320,13 +322,13 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 		body = []byte("{}")
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
-		return nil, "", errCommon(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
+		return nil, fault, errCommon(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
 	}
 	resp, aerr := handlers[op](s, &call{akid: akid, body: body})
 	if f != nil && aerr == nil {
 		return nil, f.Code, f
 	}
-	return resp, "", aerr
+	return resp, fault, aerr
 }
 
 // After calls fn with each request to op (or AnyOp) once it has been

@@ -39,8 +39,9 @@ func newLogger(level slog.Level) *slog.Logger {
 // and the RSS of 1,000 idle tunnels 15% higher (test/bench, same run).
 const gcPercent = 200
 
-// run is the container entrypoint: load config, start the SSH server and
-// (with SSM) the agent under the supervisor, then shut down in order.
+// run is the container entrypoint: load the config, start the supervisor,
+// the SSH server and (with SSM) the agent, wait for a reason to stop, then
+// shut down in order. It returns the exit code.
 func run() int {
 	setupErr := supervisor.Setup()
 	if _, ok := os.LookupEnv("GOGC"); !ok {
@@ -58,88 +59,137 @@ func run() int {
 	for _, w := range cfg.Warnings {
 		log.Warn(w.Msg, w.Attrs...)
 	}
+	b := startBastion(cfg, log)
+	exit := b.serve()
+	return b.stop(exit)
+}
 
+// bastion is one run of the entrypoint: the supervisor, the SSH server and
+// the SSM lifecycle, with the channels that report their failures.
+type bastion struct {
+	cfg *entrypoint.Config
+	log *slog.Logger
+	sup *supervisor.Supervisor
+	// ctx ends when run is over; it stops the supervisor's loop.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	supDone chan error
+
+	srv      *sshd.Server
+	serveErr chan error
+	lc       *ssm.Lifecycle // nil without SSM or when its start failed
+	agentErr chan error
+}
+
+// startBastion starts the supervisor: signals, reaping, and the forced
+// exit on a third SIGINT.
+func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 	drop := append([]string(nil), entrypoint.SecretVars...)
 	if !cfg.Env.AgentTaskRole {
 		drop = append(drop, taskRoleVars...)
 	}
-	sup := supervisor.New(supervisor.Options{Logger: log, DropEnv: drop})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	supDone := make(chan error, 1)
-	go func() { supDone <- sup.Run(ctx) }()
+	b := &bastion{
+		cfg:      cfg,
+		log:      log,
+		sup:      supervisor.New(supervisor.Options{Logger: log, DropEnv: drop}),
+		supDone:  make(chan error, 1),
+		serveErr: make(chan error, 1),
+		agentErr: make(chan error, 1),
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	go func() { b.supDone <- b.sup.Run(b.ctx) }()
 	go func() {
 		select {
-		case <-sup.ForceExit():
+		case <-b.sup.ForceExit():
 			log.Warn("forced exit: third interrupt")
 			os.Exit(supervisor.ExitForced)
-		case <-ctx.Done():
+		case <-b.ctx.Done():
 		}
 	}()
+	return b
+}
 
-	srv, err := sshd.New(sshdConfig(cfg, log))
-	if err != nil {
-		log.Error("ssh server", "error", err.Error())
+// serve starts the SSH server and the SSM lifecycle, then waits for
+// SIGTERM or a failure; it returns the exit code so far.
+func (b *bastion) serve() int {
+	if err := b.startSSH(); err != nil {
+		b.log.Error("ssh server", "error", err.Error(), "addr", b.cfg.Env.SSHAddr)
 		return supervisor.ExitSSH
 	}
-	ln, err := net.Listen("tcp", cfg.Env.SSHAddr)
-	if err != nil {
-		log.Error("ssh server", "error", err.Error(), "addr", cfg.Env.SSHAddr)
+	if b.cfg.SSM {
+		if code := b.startSSM(); code != supervisor.ExitOK {
+			return code
+		}
+	}
+	select {
+	case <-b.sup.Shutdown():
+		b.log.Info("shutdown requested")
+		return supervisor.ExitOK
+	case err := <-b.serveErr:
+		b.log.Error("ssh server stopped", "error", err.Error())
 		return supervisor.ExitSSH
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("bastion started", "pid", os.Getpid(), "ssh_addr", ln.Addr().String(),
-		"host_key", gossh.FingerprintSHA256(cfg.HostSigner.PublicKey()),
-		"host_key_ephemeral", cfg.HostKeyEphemeral, "authorized_keys", len(cfg.AuthorizedKeys),
-		"allow", len(cfg.Allow), "ssm", cfg.SSM, "stop_timeout", cfg.Env.StopTimeout.String())
-
-	exit := supervisor.ExitOK
-	var lc *ssm.Lifecycle
-	agentErr := make(chan error, 1)
-	if cfg.SSM {
-		lc, err = startSSM(ctx, cfg, sup, log)
-		switch {
-		case err == nil:
-			go func() { agentErr <- lc.Run(ctx) }()
-		case isClosed(sup.Shutdown()):
-			log.Info("ssm start aborted by shutdown", "error", err.Error())
-			lc = nil
-		default:
-			log.Error("ssm start failed", "error", err.Error())
-			exit = supervisor.ExitAgent
-			lc = nil
+	case err := <-b.agentErr:
+		if err == nil {
+			err = errors.New("agent supervision ended")
 		}
+		b.log.Error("ssm agent failed", "error", err.Error())
+		return supervisor.ExitAgent
 	}
+}
 
-	if exit == supervisor.ExitOK {
-		select {
-		case <-sup.Shutdown():
-			log.Info("shutdown requested")
-		case err := <-serveErr:
-			log.Error("ssh server stopped", "error", err.Error())
-			exit = supervisor.ExitSSH
-		case err := <-agentErr:
-			if err == nil {
-				err = errors.New("agent supervision ended")
-			}
-			log.Error("ssm agent failed", "error", err.Error())
-			exit = supervisor.ExitAgent
-		}
+// startSSH listens and serves in the background.
+func (b *bastion) startSSH() error {
+	srv, err := sshd.New(sshdConfig(b.cfg, b.log))
+	if err != nil {
+		return err
 	}
+	ln, err := net.Listen("tcp", b.cfg.Env.SSHAddr)
+	if err != nil {
+		return err
+	}
+	b.srv = srv // drained at stop only once it serves
+	go func() { b.serveErr <- srv.Serve(ln) }()
+	b.log.Info("bastion started", "pid", os.Getpid(), "ssh_addr", ln.Addr().String(),
+		"host_key", gossh.FingerprintSHA256(b.cfg.HostSigner.PublicKey()),
+		"host_key_ephemeral", b.cfg.HostKeyEphemeral, "authorized_keys", len(b.cfg.AuthorizedKeys),
+		"allow", len(b.cfg.Allow), "ssm", b.cfg.SSM, "stop_timeout", b.cfg.Env.StopTimeout.String())
+	return nil
+}
 
-	results := supervisor.RunSteps(context.Background(), log, cfg.Env.StopTimeout-time.Second,
-		shutdownSteps(cfg, srv, lc, sup))
+// startSSM runs the lifecycle's Start and then its Run in the background.
+// SIGTERM during Start aborts it (the lifecycle cleans up what it created)
+// and is no failure.
+func (b *bastion) startSSM() int {
+	lc, err := startSSM(b.ctx, b.cfg, b.sup, b.log)
+	switch {
+	case err == nil:
+		b.lc = lc
+		go func() { b.agentErr <- lc.Run(b.ctx) }()
+		return supervisor.ExitOK
+	case isClosed(b.sup.Shutdown()):
+		b.log.Info("ssm start aborted by shutdown", "error", err.Error())
+		return supervisor.ExitOK
+	default:
+		b.log.Error("ssm start failed", "error", err.Error())
+		return supervisor.ExitAgent
+	}
+}
+
+// stop runs the ordered shutdown and returns the exit code: exit, or
+// ExitDeregister when all went well but the deregistration failed.
+func (b *bastion) stop(exit int) int {
+	results := supervisor.RunSteps(context.Background(), b.log, b.cfg.Env.StopTimeout-time.Second,
+		shutdownSteps(b.cfg, b.srv, b.lc, b.sup))
 	for _, r := range results {
 		if r.Name == stepDeregister && r.Err != nil && exit == supervisor.ExitOK {
 			exit = supervisor.ExitDeregister
 		}
 	}
-	cancel()
-	if err := <-supDone; err != nil && !errors.Is(err, context.Canceled) {
-		log.Warn("supervisor", "error", err.Error())
+	b.cancel()
+	if err := <-b.supDone; err != nil && !errors.Is(err, context.Canceled) {
+		b.log.Warn("supervisor", "error", err.Error())
 	}
-	log.Info("bastion exiting", "code", exit)
+	b.log.Info("bastion exiting", "code", exit)
 	return exit
 }
 
@@ -150,14 +200,17 @@ const stepDeregister = "deregister managed instance"
 // leaves unused passes to the later ones, so deregistration still runs when
 // the agent ignores SIGTERM and has to be killed at its deadline.
 func shutdownSteps(cfg *entrypoint.Config, srv *sshd.Server, lc *ssm.Lifecycle, sup *supervisor.Supervisor) []supervisor.Step {
-	steps := []supervisor.Step{{
-		Name:   "drain ssh tunnels",
-		Weight: int(cfg.Env.DrainTimeout / time.Millisecond),
-		Run: func(ctx context.Context) error {
-			_, err := srv.Shutdown(ctx)
-			return err
-		},
-	}}
+	var steps []supervisor.Step
+	if srv != nil {
+		steps = append(steps, supervisor.Step{
+			Name:   "drain ssh tunnels",
+			Weight: int(cfg.Env.DrainTimeout / time.Millisecond),
+			Run: func(ctx context.Context) error {
+				_, err := srv.Shutdown(ctx)
+				return err
+			},
+		})
+	}
 	if lc != nil {
 		steps = append(steps,
 			supervisor.Step{Name: "stop ssm agent", Weight: 8000, Run: lc.StopAgent},
@@ -231,8 +284,6 @@ func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Super
 	}
 	startCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
 	go func() {
 		select {
 		case <-sup.Shutdown():

@@ -53,6 +53,9 @@ type (
 		Op       string `json:"op"`
 		Duration string `json:"duration"`
 		Count    int    `json:"count"` // 0 = every call
+		// After: the call takes effect at once, only its answer waits
+		// (DelayResponse).
+		After bool `json:"after,omitempty"`
 	}
 	// RateLimitRequest: POST /_fake/ratelimit.
 	RateLimitRequest struct {
@@ -104,7 +107,7 @@ func (s *Server) controlHandler() http.Handler {
 		if n <= 0 {
 			n = -1
 		}
-		s.DelayNext(req.Op, n, d)
+		s.setDelay(req.Op, n, d, req.After)
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("POST /_fake/ratelimit", func(w http.ResponseWriter, r *http.Request) {

@@ -573,6 +573,18 @@ func TestFaultInjection(t *testing.T) {
 			t.Fatalf("took %v", time.Since(start))
 		}
 	})
+	t.Run("delayed response: the call took effect", func(t *testing.T) {
+		before := len(srv.Activations())
+		srv.DelayResponse("CreateActivation", 1, time.Minute)
+		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if err := create(cctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if n := len(srv.Activations()) - before; n != 1 {
+			t.Fatalf("%d activations created, want the one whose answer was lost", n)
+		}
+	})
 	t.Run("delay next only", func(t *testing.T) {
 		// A delay well above a loaded machine's call time tells the two apart.
 		before := srv.FaultsServed("GetServiceSetting")

@@ -34,7 +34,8 @@ type fault struct {
 
 type delay struct {
 	d         time.Duration
-	remaining int // -1 = forever
+	remaining int  // -1 = forever
+	after     bool // the call takes effect first; only its answer waits
 }
 
 // modeledCodes are SSM's own exception shapes (their body carries "Message").
@@ -82,14 +83,22 @@ func (s *Server) ClearFaults() {
 func (s *Server) Delay(op string, d time.Duration) { s.DelayNext(op, -1, d) }
 
 // DelayNext delays only the next n calls to op; n < 0 means all.
-func (s *Server) DelayNext(op string, n int, d time.Duration) {
+func (s *Server) DelayNext(op string, n int, d time.Duration) { s.setDelay(op, n, d, false) }
+
+// DelayResponse makes the next n calls to op (n < 0: all) take effect at
+// once and answer only after d. A client that gives up first gets no answer,
+// but what the call did stays done: a CreateActivation cut short by the
+// caller has still created its activation.
+func (s *Server) DelayResponse(op string, n int, d time.Duration) { s.setDelay(op, n, d, true) }
+
+func (s *Server) setDelay(op string, n int, d time.Duration, after bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d <= 0 || n == 0 {
 		delete(s.delays, op)
 		return
 	}
-	s.delays[op] = &delay{d: d, remaining: n}
+	s.delays[op] = &delay{d: d, remaining: n, after: after}
 }
 
 // RateLimit throttles all API calls beyond perSecond (token bucket with a
@@ -128,7 +137,7 @@ func (s *Server) takeToken() bool {
 	return true
 }
 
-func (s *Server) nextDelay(op string) time.Duration {
+func (s *Server) nextDelay(op string) (time.Duration, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, key := range []string{op, AnyOp} {
@@ -142,9 +151,9 @@ func (s *Server) nextDelay(op string) time.Duration {
 				delete(s.delays, key)
 			}
 		}
-		return d.d
+		return d.d, d.after
 	}
-	return 0
+	return 0, false
 }
 
 func (s *Server) nextFault(op string) (_ *apiError, after bool) {

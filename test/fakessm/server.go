@@ -303,15 +303,20 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 	if !s.takeToken() {
 		return nil, "", errCommon(http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
 	}
-	if d := s.nextDelay(op); d > 0 {
+	d, late := s.nextDelay(op)
+	wait := func() bool { // false: the client gave up
 		fault = "delay"
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
 		case <-t.C:
+			return true
 		case <-ctx.Done():
-			return nil, fault, &apiError{} // client gave up; answer nothing
+			return false
 		}
+	}
+	if d > 0 && !late && !wait() {
+		return nil, fault, &apiError{} // client gave up; answer nothing
 	}
 	f, after := s.nextFault(op)
 	if f != nil && !after {
@@ -325,6 +330,9 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 		return nil, fault, errCommon(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
 	}
 	resp, aerr := handlers[op](s, &call{akid: akid, body: body})
+	if d > 0 && late && !wait() {
+		return nil, fault, &apiError{} // done, but the answer never arrives
+	}
 	if f != nil && aerr == nil {
 		return nil, f.Code, f
 	}

@@ -888,4 +888,13 @@ func TestRegisterInstanceInProcess(t *testing.T) {
 	if got, ok := srv.Activation(a.ActivationID); !ok || got.RegistrationsCount != 1 {
 		t.Fatalf("activation %+v", got)
 	}
+	// Deregistered by someone else: the agent's pings fail.
+	if !srv.RemoveInstance(in.InstanceID) || srv.RemoveInstance(in.InstanceID) {
+		t.Fatal("RemoveInstance")
+	}
+	status, out := rawCall(t, srv.URL(), "UpdateInstanceInformation", map[string]string{"InstanceId": in.InstanceID},
+		in.InstanceID, fakessm.AgentSecret(in.InstanceID), srv.Region())
+	if status != 400 || out["__type"] != "InvalidInstanceId" {
+		t.Fatalf("ping after removal: %d %v", status, out)
+	}
 }

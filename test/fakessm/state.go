@@ -169,6 +169,17 @@ func (s *Server) AddInstance(in Instance) Instance {
 	return s.snapshot(&c)
 }
 
+// RemoveInstance deregisters an instance as someone else would (another
+// task's orphan sweep, an operator); its agent's pings then fail with
+// InvalidInstanceId. It reports whether the instance existed.
+func (s *Server) RemoveInstance(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.instances[id]
+	delete(s.instances, id)
+	return ok
+}
+
 // SetPing sets an instance's last ping time (e.g. 20 minutes ago to make it
 // ConnectionLost) and drops any forced status.
 func (s *Server) SetPing(instanceID string, t time.Time) error {

@@ -38,6 +38,12 @@ type Warning struct {
 	Attrs []any
 }
 
+// MinStopTimeoutSSM is the least BASTION_STOP_TIMEOUT with SSM on: what
+// cmd/bastion's stop plan needs after SIGTERM besides the optional steps
+// (1 s exit margin, 1.5 s for the process sweep, ssm.DeregisterFloor for the
+// deregistration). cmd/bastion's tests check the sum.
+const MinStopTimeoutSSM = 5 * time.Second
+
 // Load reads and validates the environment. The key variables are removed
 // from the process environment before it returns, whatever the outcome.
 // Nothing here talks to AWS: every error comes before any side effect.
@@ -142,8 +148,12 @@ func (c *Config) validate(e *Env) error {
 		if e.Region == "" {
 			return errors.New("entrypoint: AWS_REGION: required when SSM is on (INSTANCE_IAM_ROLE is set)")
 		}
+		if e.StopTimeout < MinStopTimeoutSSM {
+			return fmt.Errorf("entrypoint: BASTION_STOP_TIMEOUT: must be at least %v with SSM on: the stop needs that to deregister the managed instance, sweep processes and exit before ECS's SIGKILL", MinStopTimeoutSSM)
+		}
 		// The service's rules have one home, in ssm.
-		sc := ssm.Config{Region: e.Region, IAMRole: e.InstanceIAMRole, InstanceName: e.InstanceName, LogGroup: e.LogGroup, Tags: tags}
+		sc := ssm.Config{Region: e.Region, IAMRole: e.InstanceIAMRole, InstanceName: e.InstanceName, LogGroup: e.LogGroup,
+			Tags: tags, OrphanAfter: e.OrphanAfter}
 		if err := sc.Validate(); err != nil {
 			return fmt.Errorf("entrypoint: %w", err)
 		}

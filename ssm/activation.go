@@ -53,12 +53,18 @@ func (l *Lifecycle) activationTags() []types.Tag {
 
 // activation is what CreateActivation was sent and returned; name,
 // description and (on ECS) taskARN identify the duplicates our own
-// retries may have created (see sweepDuplicates).
+// retries may have created (see sweepDuplicates). id and code are empty
+// when the call gave no answer.
 type activation struct {
 	id, code    string
 	name, desc  string
 	taskARN     string    // "" when not on ECS
 	callStarted time.Time // when the CreateActivation call started
+}
+
+// expires is when the service drops the activation on its own.
+func (a *activation) expires(ttl time.Duration) string {
+	return a.callStarted.Add(ttl).UTC().Format(time.RFC3339)
 }
 
 // activationDescription is "bastion <task ARN or instance name> run <run
@@ -74,9 +80,10 @@ func newRunID() string {
 }
 
 // createActivation creates the activation. The call is retried by the SDK
-// and is not idempotent: an attempt whose response was lost may have
-// created an activation nobody knows. On failure act is still returned when
-// an attempt may have got through, for the caller's duplicate sweep.
+// and is not idempotent: an attempt whose response was lost, or one still
+// in flight when ctx ended, may have created an activation nobody knows.
+// So the activation is recorded before the call (for Deregister's
+// duplicate sweep) and kept on failure, unless access was denied.
 func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 	act := &activation{name: l.instanceName(), callStarted: l.cfg.Clock()}
 	subject := act.name
@@ -84,6 +91,7 @@ func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 		subject, act.taskARN = l.task.TaskARN, l.task.TaskARN
 	}
 	act.desc = activationDescription(subject, newRunID())
+	l.setActivation(act)
 	cctx, cancel := l.call(ctx)
 	defer cancel()
 	out, err := l.api.CreateActivation(cctx, &awsssm.CreateActivationInput{
@@ -96,21 +104,31 @@ func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 	})
 	if err != nil {
 		if isAccessDenied(err) { // refused before anything was created
-			act = nil
+			l.setActivation(nil)
 		}
-		return act, apiError("create activation",
+		return nil, apiError("create activation",
 			fmt.Sprintf("ssm:CreateActivation, ssm:AddTagsToResource and iam:PassRole on role %q", l.cfg.IAMRole), err)
 	}
-	act.id, act.code = aws.ToString(out.ActivationId), aws.ToString(out.ActivationCode)
-	if act.id == "" || act.code == "" {
-		if act.id != "" {
-			l.deleteActivation(ctx, act.id)
+	done := *act
+	done.id, done.code = aws.ToString(out.ActivationId), aws.ToString(out.ActivationCode)
+	if done.id == "" || done.code == "" {
+		if done.id != "" {
+			done.code = ""
+			l.setActivation(&done)
+			l.deleteActivation(ctx, done.id)
 		}
-		return act, fmt.Errorf("ssm: create activation: response without activation id or code")
+		return nil, fmt.Errorf("ssm: create activation: response without activation id or code")
 	}
-	l.log.Info("activation created", "step", "activation", "activation_id", act.id, "instance_name", act.name,
+	l.setActivation(&done)
+	l.log.Info("activation created", "step", "activation", "activation_id", done.id, "instance_name", done.name,
 		"expires_in", l.cfg.ActivationTTL.String())
-	return act, nil
+	return &done, nil
+}
+
+func (l *Lifecycle) setActivation(act *activation) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.act = act
 }
 
 // deleteActivation deletes the activation; one already gone is fine. A
@@ -129,10 +147,8 @@ func (l *Lifecycle) deleteActivation(ctx context.Context, id string) {
 
 // tryDeleteActivation deletes id, reporting whether it is gone.
 func (l *Lifecycle) tryDeleteActivation(ctx context.Context, id, step string) bool {
-	ctx, cancel := l.cleanupContext(ctx)
+	cctx, cancel := l.call(ctx)
 	defer cancel()
-	cctx, ccancel := l.call(ctx)
-	defer ccancel()
 	_, err := l.api.DeleteActivation(cctx, &awsssm.DeleteActivationInput{ActivationId: aws.String(id)})
 	switch code := errorCode(err); {
 	case err == nil:
@@ -155,6 +171,9 @@ func (l *Lifecycle) retryActivations(ctx context.Context, step string) {
 	ids := slices.Clone(l.pendingActivations)
 	l.mu.Unlock()
 	for _, id := range ids {
+		if ctx.Err() != nil {
+			return
+		}
 		if l.tryDeleteActivation(ctx, id, step) {
 			l.mu.Lock()
 			l.pendingActivations = slices.DeleteFunc(l.pendingActivations, func(p string) bool { return p == id })
@@ -171,16 +190,22 @@ const duplicateSkew = 2 * time.Minute
 const maxDuplicatePages = 20
 
 // sweepDuplicates deletes the activations our CreateActivation call created
-// besides act.id: the SDK retries an attempt that timed out, and if the
-// service had created an activation before its response was lost, the retry
-// creates a second one. Only this run's activations are deleted: same
-// DefaultInstanceName, same Description (it carries the run id), on ECS
-// our task ARN in TagTaskARN, no registration, created at or after the call
-// started (minus duplicateSkew). Failures are logged as warnings, never
-// fatal: a duplicate left behind expires after ActivationTTL.
-func (l *Lifecycle) sweepDuplicates(ctx context.Context, act *activation) {
-	ctx, cancel := l.cleanupContext(ctx)
-	defer cancel()
+// besides the one it reported: the SDK retries an attempt that timed out,
+// and if the service had created an activation before its response was
+// lost, the retry creates a second one; a call cut short by SIGTERM may
+// have created one nobody saw. Only this run's unused activations are
+// deleted: same DefaultInstanceName, same Description (it carries the run
+// id), on ECS our task ARN in TagTaskARN, no registration, created at or
+// after the call started (minus duplicateSkew). It runs once per start: a
+// sweep that ended other than by ctx is not repeated. Failures are
+// warnings: a duplicate left behind expires after ActivationTTL.
+func (l *Lifecycle) sweepDuplicates(ctx context.Context) {
+	l.mu.Lock()
+	act, done := l.act, l.duplicatesSwept
+	l.mu.Unlock()
+	if act == nil || done || ctx.Err() != nil {
+		return
+	}
 	var dups []string
 	pages := awsssm.NewDescribeActivationsPaginator(l.api, &awsssm.DescribeActivationsInput{
 		Filters: []types.DescribeActivationsFilter{{
@@ -192,10 +217,13 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context, act *activation) {
 		cctx, ccancel := l.call(ctx)
 		out, err := pages.NextPage(cctx)
 		ccancel()
+		if ctx.Err() != nil {
+			return // cut short: Deregister looks again
+		}
 		if err != nil {
 			err = apiError("find duplicate activations", "ssm:DescribeActivations", err)
 			l.log.Warn("duplicate activations not listed; any expire on their own", "step", "activation",
-				"activation_id", act.id, "expires_in", l.cfg.ActivationTTL.String(), "error", err.Error())
+				"activation_id", act.id, "expires_at", act.expires(l.cfg.ActivationTTL), "error", err.Error())
 			break
 		}
 		for _, a := range out.ActivationList {
@@ -213,12 +241,17 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context, act *activation) {
 			l.log.Info("duplicate activation deleted", "step", "activation", "activation_id", id, "kept_activation_id", act.id)
 		case code == "InvalidActivationId" || code == "InvalidActivation":
 			l.log.Info("duplicate activation already gone", "step", "activation", "activation_id", id)
+		case ctx.Err() != nil:
+			return
 		default:
 			err = apiError("delete duplicate activation", "ssm:DeleteActivation", err)
 			l.log.Warn("duplicate activation not deleted; it expires on its own", "step", "activation",
-				"activation_id", id, "expires_in", l.cfg.ActivationTTL.String(), "error", err.Error())
+				"activation_id", id, "expires_at", act.expires(l.cfg.ActivationTTL), "error", err.Error())
 		}
 	}
+	l.mu.Lock()
+	l.duplicatesSwept = true
+	l.mu.Unlock()
 }
 
 // isDuplicate reports whether a is an activation this run created besides

@@ -237,8 +237,14 @@ func TestDuplicateAfterFailedCreate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "ssm: create activation: ") {
 		t.Fatalf("Start = %v", err)
 	}
-	if len(h.srv.Requests()) == 0 || h.srv.FaultsServed("CreateActivation") != testAttempts {
+	if h.srv.FaultsServed("CreateActivation") != testAttempts {
 		t.Fatalf("faults served %d", h.srv.FaultsServed("CreateActivation"))
+	}
+	if n := len(h.srv.Activations()); n != 1 {
+		t.Fatalf("%d activations, want the lost attempt's", n)
+	}
+	if err := h.shutdown(t); err != nil {
+		t.Fatal(err)
 	}
 	if left := leftovers(h.srv); len(left) != 0 {
 		t.Errorf("left behind: %v\n%s", left, h.logs)
@@ -249,6 +255,9 @@ func TestDuplicateAfterFailedCreate(t *testing.T) {
 	fail(h.srv, "CreateActivation", 1, "AccessDeniedException")
 	if err := h.l.Start(context.Background()); err == nil {
 		t.Fatal("Start succeeded")
+	}
+	if err := h.shutdown(t); err != nil {
+		t.Fatal(err)
 	}
 	if n := h.srv.Calls("DescribeActivations"); n != 0 {
 		t.Errorf("swept after access denied: %q", calls(h.srv))
@@ -288,6 +297,9 @@ func TestActivationDeleteRetried(t *testing.T) {
 		h.st.regMode = "refused"
 		if err := h.l.Start(context.Background()); err == nil {
 			t.Fatal("Start succeeded")
+		}
+		if err := h.shutdown(t); err != nil {
+			t.Fatal(err)
 		}
 		if left := leftovers(h.srv); len(left) != 0 {
 			t.Errorf("left behind: %v\n%s", left, h.logs)

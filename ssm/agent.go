@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -25,7 +26,7 @@ func (l *Lifecycle) startAgentLocked() (Process, error) {
 	if err := os.RemoveAll(l.path(IPCDir)); err != nil {
 		l.log.Warn("stale agent IPC directory not removed", "step", "agent", "error", err.Error())
 	}
-	p, out, err := l.startLogged(exec.Command(l.agentPath), "agent", "", nil)
+	p, out, err := l.startLogged(exec.Command(l.agentPath), "agent", "", l.watchOutput)
 	if err != nil {
 		return nil, err
 	}
@@ -34,8 +35,21 @@ func (l *Lifecycle) startAgentLocked() (Process, error) {
 	return p, nil
 }
 
+// watchOutput looks at each line of the running agent's output: its pings
+// failing with InvalidInstanceId mean the instance may be gone (someone
+// deregistered it), which Run then checks.
+func (l *Lifecycle) watchOutput(line string) {
+	if strings.Contains(line, "InvalidInstanceId") {
+		select {
+		case l.suspect <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // waitOnline polls DescribeInstanceInformation until id is Online, backing
-// off from pollMin to pollMax, for at most ReadyTimeout.
+// off from pollMin to at most pollMax (short, so that Start returns soon
+// after the instance is Online), for at most ReadyTimeout.
 func (l *Lifecycle) waitOnline(ctx context.Context, id string, p Process) error {
 	rctx, cancel := context.WithTimeout(ctx, l.cfg.ReadyTimeout)
 	defer cancel()
@@ -88,19 +102,29 @@ func (l *Lifecycle) waitOnline(ctx context.Context, id string, p Process) error 
 // agent also exits 0 when it fails to start) is logged and followed by a
 // restart after a backoff, at most Restarts times in a row; then Run
 // returns an error, so the task exits non-zero and ECS replaces it.
+// Meanwhile it checks that the managed instance still exists (see
+// checkInstance).
 func (l *Lifecycle) Run(ctx context.Context) error {
 	l.mu.Lock()
-	p, started := l.proc, l.procStarted
+	p, started, ok := l.proc, l.procStarted, l.started
 	l.mu.Unlock()
-	if p == nil {
-		return errors.New("ssm: run: agent not started")
+	if !ok {
+		return errors.New("ssm: run: Start did not succeed")
 	}
+	watch := time.NewTicker(l.watchInterval)
+	defer watch.Stop()
 	restarts := 0
 	backoff := l.cfg.RestartBackoff
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-watch.C:
+			l.checkInstance(ctx)
+			continue
+		case <-l.suspect:
+			l.checkInstance(ctx)
+			continue
 		case <-p.Done():
 		}
 		if l.isStopping() {
@@ -137,15 +161,61 @@ func (l *Lifecycle) Run(ctx context.Context) error {
 	}
 }
 
+// checkInstance asks the service whether our instance still exists. One
+// that is gone (deregistered by someone else, e.g. another task's orphan
+// sweep) cannot come back: every session to it fails. The registration
+// file is removed, so "bastion healthcheck" reports unhealthy and ECS
+// replaces the task; the SSH server keeps serving until then. A failed
+// check decides nothing and is tried again at the next occasion.
+func (l *Lifecycle) checkInstance(ctx context.Context) {
+	id := l.InstanceID()
+	l.mu.Lock()
+	gone := l.gone
+	l.mu.Unlock()
+	if gone || id == "" {
+		return
+	}
+	cctx, cancel := l.call(ctx)
+	defer cancel()
+	out, err := l.api.DescribeInstanceInformation(cctx, &awsssm.DescribeInstanceInformationInput{
+		Filters: []types.InstanceInformationStringFilter{{Key: aws.String("InstanceIds"), Values: []string{id}}},
+	})
+	switch {
+	case errorCode(err) == "InvalidInstanceId":
+	case err != nil:
+		l.log.Warn("managed instance not checked", "step", "watch", "instance_id", id,
+			"error", apiError("describe instance information", "ssm:DescribeInstanceInformation", err).Error())
+		return
+	default:
+		for _, ii := range out.InstanceInformationList {
+			if aws.ToString(ii.InstanceId) == id {
+				l.log.Debug("managed instance still registered", "step", "watch", "instance_id", id, "ping_status", string(ii.PingStatus))
+				return
+			}
+		}
+	}
+	l.mu.Lock()
+	l.gone = true
+	l.mu.Unlock()
+	file := l.path(RegistrationFile)
+	ferr := os.Remove(file)
+	if errors.Is(ferr, os.ErrNotExist) {
+		ferr = nil
+	}
+	l.log.Error("managed instance gone: deregistered outside this task; healthcheck now reports unhealthy so ECS replaces the task",
+		"step", "watch", "instance_id", id, "registration_file_removed", ferr == nil, "error", errString(ferr))
+}
+
 func (l *Lifecycle) isStopping() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.stopping
 }
 
-// StopAgent stops the agent for shutdown: SIGTERM to its process group,
-// SIGKILL when ctx is done (Process.Stop). Run then returns nil. An agent
-// that had to be killed is reported as ctx's error.
+// StopAgent stops the agent for shutdown, or the register process when
+// Start was abandoned during the registration: SIGTERM to its process
+// group, SIGKILL when ctx is done (Process.Stop). Run then returns nil. An
+// agent that had to be killed is reported as ctx's error.
 func (l *Lifecycle) StopAgent(ctx context.Context) error {
 	l.mu.Lock()
 	l.stopping = true

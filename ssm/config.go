@@ -51,6 +51,11 @@ const (
 	DefaultRestarts       = 3
 	DefaultRestartBackoff = 2 * time.Second
 
+	// MinOrphanAfter is the least ConnectionLost time that makes an
+	// instance an orphan candidate: two of the agent's 5-minute ping
+	// intervals, so that one missed ping never does.
+	MinOrphanAfter = 10 * time.Minute
+
 	// MaxActivationTTL is the service's limit: an activation can expire at
 	// most 30 days ahead. The model documents no minimum; the activation is
 	// deleted right after the registration anyway.
@@ -83,7 +88,8 @@ type Config struct {
 	// Manager needs "advanced" for mi- instances). False: warn and go on.
 	RequireAdvancedTier bool
 	// OrphanSweep deregisters, at Start, instances of the same ECS cluster and
-	// family whose PingStatus is ConnectionLost since at least OrphanAfter.
+	// family whose PingStatus is ConnectionLost since at least OrphanAfter
+	// (at least MinOrphanAfter) and whose ECS task has stopped.
 	OrphanSweep bool
 	OrphanAfter time.Duration
 	// ReadyTimeout bounds the wait for PingStatus Online after the agent
@@ -191,6 +197,9 @@ func (c Config) Validate() error {
 	}
 	if c.LogGroup != "" && !logGroupPattern.MatchString(c.LogGroup) {
 		return fmt.Errorf("ssm: CLOUDWATCH_RECEIVER_LOG_GROUP is not a valid log group name")
+	}
+	if c.OrphanAfter != 0 && c.OrphanAfter < MinOrphanAfter {
+		return fmt.Errorf("ssm: BASTION_SSM_ORPHAN_AFTER must be at least %v (two of the agent's 5-minute pings), so a live task's missed ping never gets it deregistered", MinOrphanAfter)
 	}
 	if c.ActivationTTL > MaxActivationTTL {
 		return fmt.Errorf("ssm: activation TTL %v exceeds the service's maximum of 30 days", c.ActivationTTL)

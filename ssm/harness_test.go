@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/bastion-dev/bastion/test/fakeecs"
@@ -105,6 +106,11 @@ func (c *checkedAPI) DescribeActivations(ctx context.Context, in *awsssm.Describ
 func (c *checkedAPI) DescribeInstanceInformation(ctx context.Context, in *awsssm.DescribeInstanceInformationInput, o ...func(*awsssm.Options)) (*awsssm.DescribeInstanceInformationOutput, error) {
 	c.check(ctx, "DescribeInstanceInformation")
 	return c.API.DescribeInstanceInformation(ctx, in, o...)
+}
+
+func (c *checkedAPI) ListTagsForResource(ctx context.Context, in *awsssm.ListTagsForResourceInput, o ...func(*awsssm.Options)) (*awsssm.ListTagsForResourceOutput, error) {
+	c.check(ctx, "ListTagsForResource")
+	return c.API.ListTagsForResource(ctx, in, o...)
 }
 
 func (c *checkedAPI) DeregisterManagedInstance(ctx context.Context, in *awsssm.DeregisterManagedInstanceInput, o ...func(*awsssm.Options)) (*awsssm.DeregisterManagedInstanceOutput, error) {
@@ -225,7 +231,10 @@ type fakeStarter struct {
 	srv  *fakessm.Server
 	root string
 
-	regMode string // "" ok, "refused", "mismatch", "noline", "persistfail"
+	// regMode: "" ok, "refused", "mismatch", "noline", "persistfail";
+	// "hang": the process never ends (until stopped); "hang-registered": it
+	// registers at the API, then hangs before reporting anything.
+	regMode string
 	noPing  bool
 	// agent returns the Process of the n-th long-running start (0-based);
 	// nil: one that runs until stopped.
@@ -250,8 +259,16 @@ func (s *fakeStarter) Start(cmd *exec.Cmd) (Process, error) {
 	s.args = append(s.args, slices.Clone(cmd.Args[1:]))
 	if slices.Contains(cmd.Args, "-register") {
 		p := newFakeProc(100 + len(s.args))
-		p.exit(s.register(cmd))
 		s.procs = append(s.procs, p)
+		switch s.regMode {
+		case "hang":
+		case "hang-registered":
+			if _, err := s.srv.RegisterInstance(argAfter(cmd.Args, "-id"), argAfter(cmd.Args, "-code")); err != nil {
+				s.t.Error(err)
+			}
+		default:
+			p.exit(s.register(cmd))
+		}
 		return p, nil
 	}
 	if s.err != nil {
@@ -414,13 +431,13 @@ func newHarness(t *testing.T, mut func(*Config)) *harness {
 	if err := os.WriteFile(agent, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ecs := fakeecs.NewTest(t, fakeecs.DefaultTask())
+	ecsSrv := fakeecs.NewTest(t, fakeecs.DefaultTask())
 	srv := fakessm.NewTest(t, fakessm.Options{Clock: func() time.Time { return t0 }})
 
 	cfg := DefaultConfig()
 	cfg.Region = srv.Region()
 	cfg.IAMRole = "bastion-ssm"
-	cfg.MetadataURI = ecs.URI()
+	cfg.MetadataURI = ecsSrv.URI()
 	cfg.AgentPath = agent
 	cfg.ReadyTimeout = 2 * time.Second
 	cfg.RestartBackoff = time.Millisecond
@@ -429,13 +446,19 @@ func newHarness(t *testing.T, mut func(*Config)) *harness {
 		mut(&cfg)
 	}
 	api := newTestAPI(t, srv)
+	tasks := ecs.New(ecs.Options{
+		Region:       fakeecs.DefaultRegion,
+		BaseEndpoint: aws.String(ecsSrv.URL()),
+		Credentials:  credentials.NewStaticCredentialsProvider(fakeecs.DefaultAccessKeyID, fakeecs.DefaultSecretAccessKey, ""),
+		Retryer:      retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = 1 }),
+	})
 	st := &fakeStarter{t: t, srv: srv, root: root}
 	logs := &syncBuffer{}
-	l := New(cfg, api, st, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	l := New(cfg, Clients{SSM: api, ECS: tasks}, st, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	l.root = root
 	l.callTimeout = 2 * time.Second
-	l.cleanupTimeout = 2 * time.Second
 	l.pollMin, l.pollMax = time.Millisecond, 5*time.Millisecond
+	l.retryMin, l.retryMax = time.Millisecond, 5*time.Millisecond
 	l.drainDelay = 10 * time.Millisecond
 	t.Cleanup(func() {
 		for _, code := range st.codes() {
@@ -444,7 +467,36 @@ func newHarness(t *testing.T, mut func(*Config)) *harness {
 			}
 		}
 	})
-	return &harness{l: l, srv: srv, api: api, ecs: ecs, st: st, logs: logs, root: root, agent: agent}
+	return &harness{l: l, srv: srv, api: api, ecs: ecsSrv, st: st, logs: logs, root: root, agent: agent}
+}
+
+// shutdown is what the caller of Start runs at stop, after a successful
+// Start as after a failed or abandoned one: StopAgent, then Deregister.
+func (h *harness) shutdown(t *testing.T) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.l.StopAgent(ctx); err != nil {
+		t.Errorf("StopAgent: %v", err)
+	}
+	return h.l.Deregister(ctx)
+}
+
+// waitLog waits for a log record with message msg.
+func (h *harness) waitLog(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, r := range h.logs.records(t) {
+			if r["msg"] == msg {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log record %q:\n%s", msg, h.logs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (h *harness) exists(p string) bool {

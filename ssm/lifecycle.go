@@ -6,16 +6,18 @@ import (
 	"log/slog"
 	"net/http"
 	"os/exec"
+	"slices"
 	"sync"
 	"time"
 )
 
 // Lifecycle registers the container as a managed instance, runs the agent
-// and deregisters on shutdown. Start, then Run; on shutdown StopAgent, then
-// Deregister.
+// and deregisters on shutdown. Start, then Run; on shutdown, or after a
+// failed or abandoned Start, StopAgent, then Deregister.
 type Lifecycle struct {
 	cfg   Config
 	api   API
+	tasks TaskAPI // nil: no orphan sweep
 	start Starter
 	log   *slog.Logger
 
@@ -23,52 +25,76 @@ type Lifecycle struct {
 	// AgentConfigPath); "" in production.
 	root string
 	// Timing knobs, set by New.
-	httpClient        *http.Client
-	callTimeout       time.Duration // each SDK call
-	cleanupTimeout    time.Duration // cleanup after a failed Start
-	registerTimeout   time.Duration // amazon-ssm-agent -register
-	pollMin, pollMax  time.Duration // readiness polling backoff
-	drainDelay        time.Duration // output read after the child was reaped
-	stableAfter       time.Duration // run time after which restarts are forgiven
-	maxRestartBackoff time.Duration
+	httpClient         *http.Client
+	callTimeout        time.Duration // each SDK call, with the SDK's retries
+	registerTimeout    time.Duration // amazon-ssm-agent -register
+	pollMin, pollMax   time.Duration // readiness polling
+	retryMin, retryMax time.Duration // deregistration retries
+	watchInterval      time.Duration // Run's check that the instance still exists
+	drainDelay         time.Duration // output read after the child was reaped
+	stableAfter        time.Duration // run time after which restarts are forgiven
+	maxRestartBackoff  time.Duration
 
 	agentPath string // resolved at Start
+	// suspect is signalled when the agent's output says its instance is
+	// unknown to the service (InvalidInstanceId): Run checks at once.
+	suspect chan struct{}
 
-	mu           sync.Mutex
-	task         *taskMeta
-	instanceID   string
-	proc         Process
-	procOut      <-chan struct{}
-	procStarted  time.Time
-	stopping     bool
-	deregistered bool
-	// pendingActivations were not deleted (e.g. the delete timed out under
-	// throttling); they are retried once Online, after a failed Start and
-	// at Deregister.
+	mu   sync.Mutex
+	task *taskMeta
+	// What this run created, for Deregister to undo whatever point Start
+	// reached: the activation (nil until CreateActivation was tried, or
+	// when it was refused outright), its deletes still to do, whether its
+	// duplicates were looked for, the instances it registered or may have
+	// (ids; confirmed when the registration was checked, so the activation,
+	// limited to one, registered nothing else), whether a register process
+	// ran (then the registration file is this run's) and what is done.
+	act                *activation
 	pendingActivations []string
+	duplicatesSwept    bool
+	ids                []string
+	confirmed          bool
+	registering        bool
+	deregistered       []string
+	refusedIDs         []string // deregistration refused (access denied): not retried
+	instanceID         string   // the confirmed instance
+
+	// The running child: the register process during registration, then
+	// the agent.
+	proc        Process
+	procOut     <-chan struct{}
+	procStarted time.Time
+	started     bool // Start succeeded: Run may run
+	stopping    bool
+	gone        bool // the instance disappeared while running
 }
 
-// New returns a Lifecycle for cfg (zero fields defaulted, see Config). api
-// is the SSM client (NewAPI), start starts the agent as a supervised child,
-// log receives JSON-friendly records; a nil log discards them.
-func New(cfg Config, api API, start Starter, log *slog.Logger) *Lifecycle {
+// New returns a Lifecycle for cfg (zero fields defaulted, see Config).
+// clients are the AWS clients (NewClients), start starts the agent as a
+// supervised child, log receives JSON-friendly records; a nil log discards
+// them.
+func New(cfg Config, clients Clients, start Starter, log *slog.Logger) *Lifecycle {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Lifecycle{
 		cfg:               cfg.withDefaults(),
-		api:               api,
+		api:               clients.SSM,
+		tasks:             clients.ECS,
 		start:             start,
 		log:               log,
 		httpClient:        &http.Client{Timeout: 5 * time.Second},
 		callTimeout:       60 * time.Second,
-		cleanupTimeout:    20 * time.Second,
 		registerTimeout:   90 * time.Second,
 		pollMin:           time.Second,
-		pollMax:           10 * time.Second,
+		pollMax:           2 * time.Second,
+		retryMin:          200 * time.Millisecond,
+		retryMax:          time.Second,
+		watchInterval:     5 * time.Minute, // the agent's own ping interval
 		drainDelay:        drainDelay,
 		stableAfter:       10 * time.Minute,
 		maxRestartBackoff: 30 * time.Second,
+		suspect:           make(chan struct{}, 1),
 	}
 }
 
@@ -86,8 +112,11 @@ func (l *Lifecycle) call(ctx context.Context) (context.Context, context.CancelFu
 }
 
 // Start registers the container and starts the agent, returning once the
-// instance is Online. On failure after CreateActivation, neither the
-// activation nor a managed instance is left behind, even if ctx is done.
+// instance is Online. It never cleans up after itself: whether it fails or
+// ctx ends (SIGTERM), StopAgent and Deregister undo what it created (the
+// register process or agent, instances, activations, the registration
+// file), so that all cleanup runs in the caller's one stop budget, counted
+// from SIGTERM. Start returns soon after ctx ends.
 func (l *Lifecycle) Start(ctx context.Context) error {
 	begin := l.cfg.Clock()
 	if err := l.cfg.Validate(); err != nil {
@@ -129,49 +158,45 @@ func (l *Lifecycle) Start(ctx context.Context) error {
 
 	act, err := l.createActivation(ctx)
 	if err != nil {
-		if act != nil {
-			l.sweepDuplicates(ctx, act)
-		}
 		return err
 	}
-	activationID := act.id
-	id, candidates, regErr := l.register(ctx, activationID, act.code)
-	l.deleteActivation(ctx, activationID) // always; failures are logged
+	id, regErr := l.register(ctx, act)
+	l.deleteActivation(ctx, act.id) // always; failures are retried later
 	// Once per start, after the registration: by now an attempt still in
 	// flight when CreateActivation returned has landed.
-	l.sweepDuplicates(ctx, act)
+	l.sweepDuplicates(ctx)
 	if regErr != nil {
-		l.abort(ctx, activationID, candidates)
 		return regErr
 	}
-	l.mu.Lock()
-	l.instanceID = id
-	l.mu.Unlock()
-	l.log.Info("registered", "step", "register", "instance_id", id, "activation_id", activationID)
+	l.log.Info("registered", "step", "register", "instance_id", id, "activation_id", act.id)
 
 	p, err := l.startAgent()
 	if err != nil {
-		l.abort(ctx, activationID, []string{id})
 		return fmt.Errorf("ssm: start agent: %w", err)
 	}
 	if err := l.waitOnline(ctx, id, p); err != nil {
-		l.abort(ctx, activationID, []string{id})
 		return err
 	}
 	now := l.cfg.Clock()
 	l.log.Info("ssm agent online", "step", "ready", "instance_id", id,
 		"ready_at", now.UTC().Format(time.RFC3339Nano), "ready_after", now.Sub(begin).String())
 	l.retryActivations(ctx, "activation")
+	l.mu.Lock()
+	l.started = true
+	l.mu.Unlock()
 	return nil
 }
 
-// cleanupContext returns ctx bounded by cleanupTimeout or, if ctx is
-// already done, a fresh context with that timeout.
-func (l *Lifecycle) cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if ctx.Err() != nil {
-		ctx = context.WithoutCancel(ctx)
+// addInstance records id as an instance this run registered or may have.
+func (l *Lifecycle) addInstance(id string) {
+	if !instanceIDPattern.MatchString(id) {
+		return
 	}
-	return context.WithTimeout(ctx, l.cleanupTimeout)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !slices.Contains(l.ids, id) {
+		l.ids = append(l.ids, id)
+	}
 }
 
 func errString(err error) string {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/test/fakeecs"
 	"github.com/bastion-dev/bastion/test/fakessm"
 )
 
@@ -247,6 +248,9 @@ func TestStartPreflight(t *testing.T) {
 						t.Errorf("error %q lacks %q", err, s)
 					}
 				}
+				if err := h.shutdown(t); err != nil {
+					t.Errorf("Deregister: %v", err)
+				}
 				if left := leftovers(h.srv); len(left) != 0 {
 					t.Errorf("left behind: %v", left)
 				}
@@ -279,6 +283,9 @@ func TestStartRegistrationFailures(t *testing.T) {
 			}
 			if !slices.Contains(calls(h.srv), "DeleteActivation "+argAfter(h.st.args[0], "-id")) {
 				t.Errorf("DeleteActivation not called: %q", calls(h.srv))
+			}
+			if err := h.shutdown(t); err != nil {
+				t.Errorf("Deregister: %v", err)
 			}
 			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v", left)
@@ -348,45 +355,86 @@ func TestStartReadiness(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
 			}
+			if err := h.l.Run(context.Background()); err == nil {
+				t.Errorf("Run after failed Start succeeded")
+			}
+			if len(leftovers(h.srv)) != 1 {
+				t.Errorf("Start cleaned up itself (or did not register): %v", leftovers(h.srv))
+			}
+			if err := h.shutdown(t); err != nil {
+				t.Errorf("Deregister: %v", err)
+			}
 			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v", left)
 			}
 			if n := h.srv.Calls("DeregisterManagedInstance"); n != 1 {
 				t.Errorf("%d deregistrations: %q", n, calls(h.srv))
 			}
+			if n := h.srv.Calls("DescribeInstanceInformation") - readinessPolls(h.srv); n != 1 {
+				t.Errorf("instances listed %d times besides readiness: the confirmed id needs no lookup", n)
+			}
 			for _, c := range h.api.calledDone() {
 				if c != "DescribeInstanceInformation" {
-					t.Errorf("cleanup call with a done context: %v", c)
+					t.Errorf("call with a done context: %v", c)
 				}
 			}
-			if p := h.st.lastAgent(); p != nil && p.Stops() == 0 {
-				t.Errorf("agent not stopped")
+			if p := h.st.lastAgent(); p != nil {
+				select {
+				case <-p.Done():
+				default:
+					t.Errorf("agent not stopped")
+				}
 			}
-			if h.exists(RegistrationFile) || h.l.InstanceID() != "" {
-				t.Errorf("registration left: file %v, id %q", h.exists(RegistrationFile), h.l.InstanceID())
-			}
-			if err := h.l.Run(context.Background()); err == nil {
-				t.Errorf("Run after failed Start succeeded")
+			if h.exists(RegistrationFile) {
+				t.Errorf("registration file left")
 			}
 		})
 	}
 }
 
+// readinessPolls counts DescribeInstanceInformation calls by InstanceIds.
+func readinessPolls(srv *fakessm.Server) int {
+	n := 0
+	for _, c := range calls(srv) {
+		if c == "DescribeInstanceInformation InstanceIds" {
+			n++
+		}
+	}
+	return n
+}
+
 func TestStartStaleRegistration(t *testing.T) {
+	const old = "mi-0aaaaaaaaaaaaaaaa"
+	ourTask := fakeecs.DefaultTask().TaskARN
 	tests := []struct {
 		name   string
-		exists bool // the old instance still exists at the service
 		file   string
+		seed   *fakessm.Instance // the old instance at the service
+		online bool
+		dereg  bool // the old instance is deregistered
 	}{
-		{"old instance exists", true, `{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaaa","Region":"us-east-1"}`},
-		{"old instance gone", false, `{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaaa","Region":"us-east-1"}`},
-		{"garbage file", false, `{not json`},
+		{name: "ConnectionLost, any tags", seed: &fakessm.Instance{Tags: []fakessm.Tag{{Key: TagTaskARN, Value: "other"}}}, dereg: true},
+		{name: "Online, tagged with this task", seed: &fakessm.Instance{Tags: []fakessm.Tag{{Key: TagTaskARN, Value: ourTask}}}, online: true, dereg: true},
+		{name: "Online, another task's", online: true, seed: &fakessm.Instance{Tags: []fakessm.Tag{
+			{Key: TagCluster, Value: "prod"}, {Key: TagTaskARN, Value: "arn:aws:ecs:us-east-1:123456789012:task/prod/1"}}}},
+		{name: "Online, untagged", online: true, seed: &fakessm.Instance{}},
+		{name: "gone"},
+		{name: "another region", file: `{"ManagedInstanceID":"` + old + `","Region":"eu-west-1"}`, seed: &fakessm.Instance{}},
+		{name: "garbage file", file: `{not json`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
-			if tt.exists {
-				h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-0aaaaaaaaaaaaaaaa"})
+			if tt.seed != nil {
+				in := *tt.seed
+				in.InstanceID = old
+				if tt.online {
+					in.LastPing = t0
+				}
+				h.srv.AddInstance(in)
+			}
+			if tt.file == "" {
+				tt.file = `{"ManagedInstanceID":"` + old + `","Region":"us-east-1"}`
 			}
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
@@ -396,47 +444,104 @@ func TestStartStaleRegistration(t *testing.T) {
 			if err := h.l.Start(context.Background()); err != nil {
 				t.Fatalf("Start: %v", err)
 			}
-			calls := calls(h.srv)
-			dereg := slices.Index(calls, "DeregisterManagedInstance mi-0aaaaaaaaaaaaaaaa")
-			if json.Valid([]byte(tt.file)) != (dereg >= 0) {
-				t.Errorf("calls %q", calls)
+			before := calls(h.srv)
+			dereg := slices.Index(before, "DeregisterManagedInstance "+old)
+			if tt.dereg != (dereg >= 0) {
+				t.Errorf("deregistered %v, want %v: %q", dereg >= 0, tt.dereg, before)
 			}
-			if dereg > slices.Index(calls, "CreateActivation") {
-				t.Errorf("stale instance deregistered after CreateActivation: %q", calls)
+			if dereg > slices.Index(before, "CreateActivation") {
+				t.Errorf("stale instance deregistered after CreateActivation: %q", before)
 			}
-			if left := leftovers(h.srv); !slices.Equal(left, []string{"instance " + h.l.InstanceID()}) {
-				t.Errorf("state = %v", left)
+			want := []string{"instance " + h.l.InstanceID()}
+			if tt.seed != nil && !tt.dereg {
+				want = append(want, "instance "+old)
+				slices.Sort(want)
+			}
+			if left := leftovers(h.srv); !slices.Equal(left, want) {
+				t.Errorf("state = %v, want %v", left, want)
 			}
 			reg, err := readRegistration(p)
 			if err != nil || reg.ManagedInstanceID != h.l.InstanceID() {
 				t.Errorf("registration file = %+v, %v", reg, err)
 			}
+			// Deregister never touches the old instance: clearStale decided.
+			if err := h.shutdown(t); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range calls(h.srv)[len(before):] {
+				if strings.Contains(c, old) {
+					t.Errorf("old instance handled at shutdown: %s", c)
+				}
+			}
 		})
 	}
+	t.Run("stopped while deregistering: file kept", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
+		h.srv.AddInstance(fakessm.Instance{InstanceID: old})
+		p := filepath.Join(h.root, RegistrationFile)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		file := `{"ManagedInstanceID":"` + old + `","Region":"us-east-1"}`
+		os.WriteFile(p, []byte(file), 0o600)
+		h.srv.DelayNext("DeregisterManagedInstance", -1, time.Minute)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			for h.srv.Calls("DeregisterManagedInstance") == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			cancel() // SIGTERM while the call hangs
+		}()
+		err := h.l.Start(ctx)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Start = %v", err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != file {
+			t.Errorf("registration file %q, want it kept", b)
+		}
+		if n := h.srv.Calls("CreateActivation"); n != 0 {
+			t.Errorf("went on after SIGTERM")
+		}
+		if err := h.shutdown(t); err != nil {
+			t.Errorf("Deregister: %v", err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != file {
+			t.Errorf("registration file %q after Deregister, want it kept for the next start", b)
+		}
+	})
 }
 
 func TestOrphanSweep(t *testing.T) {
 	ago := func(d time.Duration) time.Time { return t0.Add(-d) }
 	h := newHarness(t, nil)
-	ours := []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}}
-	add := func(id string, ping time.Time, status string, registered time.Time) {
-		h.srv.AddInstance(fakessm.Instance{InstanceID: id, LastPing: ping, PingStatus: status, RegistrationDate: registered, Tags: ours})
+	task := func(n int) string { return fmt.Sprintf("arn:aws:ecs:us-east-1:123456789012:task/ops/%032x", n) }
+	stopped, running, forgotten := task(1), task(2), task(3)
+	h.ecs.SetTaskStatus(stopped, fakeecs.StatusStopped)
+	h.ecs.SetTaskStatus(running, fakeecs.StatusRunning)
+	add := func(id string, ping time.Time, status string, registered time.Time, taskARN string) {
+		tags := []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}}
+		if taskARN != "" {
+			tags = append(tags, fakessm.Tag{Key: TagTaskARN, Value: taskARN})
+		}
+		h.srv.AddInstance(fakessm.Instance{InstanceID: id, LastPing: ping, PingStatus: status, RegistrationDate: registered, Tags: tags})
 	}
-	add("mi-00000000000000a01", time.Time{}, fakessm.PingOnline, ago(time.Hour)) // online: untouched
-	add("mi-00000000000000a02", ago(time.Hour), "", time.Time{})                 // orphan
-	add("mi-00000000000000a03", ago(5*time.Minute), "", time.Time{})
-	add("mi-00000000000000a04", ago(15*time.Minute), "", time.Time{})              // exactly at threshold: orphan
-	add("mi-00000000000000b01", time.Time{}, "", ago(2*time.Hour))                 // never pinged
-	add("mi-00000000000000b02", time.Time{}, "", time.Time{})                      // registered just now
-	add("mi-00000000000000b03", time.Time{}, fakessm.PingInactive, ago(time.Hour)) // inactive
-	h.srv.AddInstance(fakessm.Instance{InstanceID: "i-0123456789abcdef0", ResourceType: "EC2Instance", LastPing: ago(time.Hour), Tags: ours})
+	add("mi-00000000000000a01", time.Time{}, fakessm.PingOnline, ago(time.Hour), stopped)       // online: untouched
+	add("mi-00000000000000a02", ago(time.Hour), "", time.Time{}, stopped)                       // orphan of a stopped task
+	add("mi-00000000000000a03", ago(5*time.Minute), "", time.Time{}, stopped)                   // lost too recently
+	add("mi-00000000000000a04", ago(15*time.Minute), "", time.Time{}, forgotten)                // at the threshold, task forgotten by ECS
+	add("mi-00000000000000a05", ago(time.Hour), "", time.Time{}, running)                       // pings failing, task alive
+	add("mi-00000000000000a06", ago(time.Hour), "", time.Time{}, "")                            // no task tag
+	add("mi-00000000000000a07", ago(time.Hour), "", time.Time{}, fakeecs.DefaultTask().TaskARN) // this task's
+	add("mi-00000000000000b01", time.Time{}, "", ago(2*time.Hour), stopped)                     // never pinged
+	add("mi-00000000000000b02", time.Time{}, "", time.Time{}, stopped)                          // registered just now
+	add("mi-00000000000000b03", time.Time{}, fakessm.PingInactive, ago(time.Hour), stopped)     // inactive
+	h.srv.AddInstance(fakessm.Instance{InstanceID: "i-0123456789abcdef0", ResourceType: "EC2Instance", LastPing: ago(time.Hour),
+		Tags: []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}, {Key: TagTaskARN, Value: stopped}}})
 	h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-00000000000000c01", LastPing: ago(time.Hour),
-		Tags: []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "other"}}})
+		Tags: []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "other"}, {Key: TagTaskARN, Value: stopped}}})
 	// Enough Online siblings for a second page.
 	for i := 0; i < 50; i++ {
-		add(fmt.Sprintf("mi-00000000000001%03d", i), time.Time{}, fakessm.PingOnline, ago(time.Hour))
+		add(fmt.Sprintf("mi-00000000000001%03d", i), time.Time{}, fakessm.PingOnline, ago(time.Hour), running)
 	}
-	h.l.task = &taskMeta{Cluster: "ops", Family: "bastion"}
+	h.l.task = &taskMeta{Cluster: "ops", Family: "bastion", TaskARN: fakeecs.DefaultTask().TaskARN}
 	h.l.sweepOrphans(context.Background())
 
 	var deregistered []string
@@ -446,8 +551,12 @@ func TestOrphanSweep(t *testing.T) {
 		}
 	}
 	want := []string{"mi-00000000000000a02", "mi-00000000000000a04", "mi-00000000000000b01"}
+	slices.Sort(deregistered)
 	if !slices.Equal(deregistered, want) {
 		t.Errorf("deregistered %q, want %q", deregistered, want)
+	}
+	if n := h.ecs.APICalls("DescribeTasks"); n != 1 {
+		t.Errorf("%d DescribeTasks calls, want one for all candidates", n)
 	}
 	var pages []fakessm.Request
 	for _, r := range h.srv.Requests() {
@@ -471,6 +580,36 @@ func TestOrphanSweep(t *testing.T) {
 	if len(in.Filters) != 2 || in.Filters[0].Key != "tag:"+TagCluster || in.Filters[0].Values[0] != "ops" ||
 		in.Filters[1].Key != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" || in.InstanceInformationFilterList != nil {
 		t.Errorf("request %s", pages[0].Body)
+	}
+	for _, r := range h.logs.records(t) {
+		if r["msg"] == "orphan candidate's task still runs; left alone" && r["instance_id"] != "mi-00000000000000a05" {
+			t.Errorf("kept as alive: %v", r)
+		}
+	}
+}
+
+// TestOrphanSweepWithoutProof: when ECS cannot be asked, nothing is
+// deregistered on time alone.
+func TestOrphanSweepWithoutProof(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		setup func(h *harness)
+	}{
+		{"DescribeTasks denied", func(h *harness) { h.ecs.FailNext(1, "AccessDeniedException") }},
+		{"no ECS client", func(h *harness) { h.l.tasks = nil }},
+		{"tags not readable", func(h *harness) { fail(h.srv, "ListTagsForResource", 0, "AccessDeniedException") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-00000000000000a02", LastPing: t0.Add(-time.Hour), Tags: []fakessm.Tag{
+				{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}, {Key: TagTaskARN, Value: "arn:aws:ecs:us-east-1:123456789012:task/ops/dead"}}})
+			tt.setup(h)
+			h.l.task = &taskMeta{Cluster: "ops", Family: "bastion", TaskARN: fakeecs.DefaultTask().TaskARN}
+			h.l.sweepOrphans(context.Background())
+			if n := h.srv.Calls("DeregisterManagedInstance"); n != 0 {
+				t.Errorf("deregistered without proof of death")
+			}
+		})
 	}
 }
 
@@ -582,14 +721,18 @@ func TestDeregister(t *testing.T) {
 	tests := []struct {
 		name    string
 		exists  bool
-		err     string // code of every DeregisterManagedInstance call
+		fails   int    // DeregisterManagedInstance calls that fail, -1 all
+		code    string // their error
 		wantErr string
 		file    bool // registration file kept
 	}{
-		{name: "registered", exists: true, file: false},
-		{name: "already gone", exists: false, file: false},
-		{name: "denied", exists: true, err: "AccessDeniedException", wantErr: "ssm:DeregisterManagedInstance", file: true},
-		{name: "throttled", exists: true, err: "ThrottlingException", wantErr: "ssm: deregister managed instance: ", file: true},
+		{name: "registered", exists: true},
+		{name: "already gone", exists: false},
+		{name: "denied", exists: true, fails: -1, code: "AccessDeniedException", wantErr: "ssm:DeregisterManagedInstance", file: true},
+		{name: "throttled to the end", exists: true, fails: -1, code: "ThrottlingException", wantErr: "gave up after", file: true},
+		// More failures than the SDK's own attempts: retried while time remains.
+		{name: "throttled for a while", exists: true, fails: 3 * maxAttempts, code: "ThrottlingException"},
+		{name: "server errors for a while", exists: true, fails: 3 * maxAttempts, code: "InternalServerError"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -598,36 +741,60 @@ func TestDeregister(t *testing.T) {
 			if tt.exists {
 				h.srv.AddInstance(fakessm.Instance{InstanceID: id})
 			}
-			if tt.err != "" {
-				fail(h.srv, "DeregisterManagedInstance", 0, tt.err)
+			if tt.fails != 0 {
+				h.srv.Inject("DeregisterManagedInstance", fakessm.Fault{Count: max(tt.fails, 0), Code: tt.code})
 			}
-			h.l.instanceID = id
+			h.l.instanceID, h.l.ids, h.l.confirmed, h.l.registering = id, []string{id}, true, true
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
 			os.WriteFile(p, []byte(`{"ManagedInstanceID":"`+id+`","Region":"us-east-1"}`), 0o600)
-			err := h.l.Deregister(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			err := h.l.Deregister(ctx)
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Fatalf("Deregister = %v, want %q", err, tt.wantErr)
 			}
 			if h.exists(RegistrationFile) != tt.file {
 				t.Errorf("registration file exists = %v", !tt.file)
 			}
+			if tt.fails > 0 && h.srv.FaultsServed("DeregisterManagedInstance") != tt.fails {
+				t.Errorf("faults served %d, want %d", h.srv.FaultsServed("DeregisterManagedInstance"), tt.fails)
+			}
+			if tt.code == "AccessDeniedException" && h.srv.Calls("DeregisterManagedInstance") != 1 {
+				t.Errorf("a refusal was retried")
+			}
 		})
 	}
-	t.Run("from file without Start", func(t *testing.T) {
+	t.Run("a stale file is not this run's", func(t *testing.T) {
 		h := newHarness(t, nil)
 		h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-0cccccccccccccccc"})
 		p := filepath.Join(h.root, RegistrationFile)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte(`{"ManagedInstanceID":"mi-0cccccccccccccccc","Region":"us-east-1"}`), 0o600)
-		if err := h.l.Deregister(context.Background()); err != nil || len(leftovers(h.srv)) != 0 {
-			t.Errorf("Deregister = %v, left %v", err, leftovers(h.srv))
+		if err := h.l.Deregister(context.Background()); err != nil || len(calls(h.srv)) != 0 || !h.exists(RegistrationFile) {
+			t.Errorf("Deregister = %v, calls %q, file kept %v", err, calls(h.srv), h.exists(RegistrationFile))
 		}
 	})
 	t.Run("nothing registered", func(t *testing.T) {
 		h := newHarness(t, nil)
 		if err := h.l.Deregister(context.Background()); err != nil || len(calls(h.srv)) != 0 {
 			t.Errorf("Deregister = %v, calls %q", err, calls(h.srv))
+		}
+	})
+	t.Run("each instance gets its own share", func(t *testing.T) {
+		h := newHarness(t, nil)
+		const hung, second = "mi-0dddddddddddddddd", "mi-0eeeeeeeeeeeeeeee"
+		h.srv.AddInstance(fakessm.Instance{InstanceID: hung})
+		h.srv.AddInstance(fakessm.Instance{InstanceID: second})
+		h.srv.DelayNext("DeregisterManagedInstance", 1, time.Minute) // the first call hangs
+		h.l.ids, h.l.callTimeout = []string{hung, second}, time.Minute
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := h.l.Deregister(ctx); err != nil {
+			t.Fatalf("Deregister = %v", err)
+		}
+		if left := leftovers(h.srv); len(left) != 0 {
+			t.Errorf("left %v: the hung call ate the others' time", left)
 		}
 	})
 }

@@ -7,8 +7,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -42,28 +42,21 @@ var transientRegistration = []string{
 const registerAttempts = 6
 
 // register runs registerOnce, retrying transient failures with jittered
-// exponential backoff (2s doubling to 32s) inside ctx. candidates collects every id
-// an attempt may have created.
-func (l *Lifecycle) register(ctx context.Context, activationID, code string) (id string, candidates []string, err error) {
+// exponential backoff (2s doubling to 32s) inside ctx. Every instance an
+// attempt reports or leaves in the registration file is recorded for
+// Deregister, whatever the outcome.
+func (l *Lifecycle) register(ctx context.Context, act *activation) (string, error) {
 	backoff := 2 * time.Second
 	for attempt := 1; ; attempt++ {
-		var cands []string
-		id, cands, err = l.registerOnce(ctx, activationID, code)
-		for _, c := range cands {
-			if !slices.Contains(candidates, c) {
-				candidates = append(candidates, c)
-			}
-		}
-		if err == nil || attempt == registerAttempts || !isTransientRegistration(err) {
-			return id, candidates, err
+		id, err := l.registerOnce(ctx, act)
+		if err == nil || attempt == registerAttempts || ctx.Err() != nil || !isTransientRegistration(err) {
+			return id, err
 		}
 		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
 		l.log.Warn("registration failed transiently; retrying", "step", "register", "attempt", attempt,
 			"retry_in", wait.Round(time.Millisecond).String(), "error", err.Error())
-		select {
-		case <-ctx.Done():
-			return "", candidates, err
-		case <-time.After(wait):
+		if sleepCtx(ctx, wait) != nil {
+			return "", err
 		}
 		backoff *= 2
 	}
@@ -79,70 +72,80 @@ func isTransientRegistration(err error) bool {
 }
 
 // registerOnce runs "amazon-ssm-agent -register -y" and checks its result
-// against RegistrationFile. candidates are the ids a failed registration
-// may have created.
-func (l *Lifecycle) registerOnce(ctx context.Context, activationID, code string) (id string, candidates []string, err error) {
+// against RegistrationFile. The process is the Lifecycle's child while it
+// runs: if ctx ends first, Start returns at once and StopAgent stops it.
+func (l *Lifecycle) registerOnce(ctx context.Context, act *activation) (string, error) {
+	var mu sync.Mutex // the reader goroutine writes, this one reads after out
 	var reported, failure string
 	onLine := func(line string) {
 		if i := strings.Index(line, registeredMarker); i >= 0 {
-			f := strings.Fields(line[i+len(registeredMarker):])
-			if len(f) > 0 {
+			if f := strings.Fields(line[i+len(registeredMarker):]); len(f) > 0 {
+				mu.Lock()
 				reported = f[0]
+				mu.Unlock()
+				l.addInstance(f[0])
 			}
 		}
 		if i := strings.Index(line, regFailedMarker); i >= 0 {
+			mu.Lock()
 			failure = strings.TrimSpace(line[i:])
+			mu.Unlock()
 		}
 	}
-	cmd := exec.Command(l.agentPath, "-register", "-code", code, "-id", activationID, "-region", l.cfg.Region, "-y")
-	p, out, err := l.startLogged(cmd, "register", code, onLine)
+	l.mu.Lock()
+	l.registering = true // from now on the registration file is this run's
+	l.mu.Unlock()
+	cmd := exec.Command(l.agentPath, "-register", "-code", act.code, "-id", act.id, "-region", l.cfg.Region, "-y")
+	p, out, err := l.startLogged(cmd, "register", act.code, onLine)
 	if err != nil {
-		return "", nil, fmt.Errorf("ssm: register: start %s: %w", l.cfg.AgentPath, err)
+		return "", fmt.Errorf("ssm: register: start %s: %w", l.cfg.AgentPath, err)
 	}
+	l.setProc(p, out)
 	rctx, cancel := context.WithTimeout(ctx, l.registerTimeout)
 	defer cancel()
 	select {
 	case <-p.Done():
 	case <-rctx.Done():
-		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		p.Stop(sctx)
-		scancel()
-		<-out
-		return "", l.registrationCandidates(reported), fmt.Errorf("ssm: register: %w", rctx.Err())
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("ssm: register: %w", ctx.Err())
+		}
+		return "", fmt.Errorf("ssm: register: amazon-ssm-agent -register still running after %v", l.registerTimeout)
 	}
 	<-out // bounded by drainDelay
-	candidates = l.registrationCandidates(reported)
+	l.setProc(nil, nil)
+	reg, ferr := readRegistration(l.path(RegistrationFile))
+	if ferr == nil {
+		l.addInstance(reg.ManagedInstanceID)
+	}
+	mu.Lock()
+	defer mu.Unlock()
 	if code := p.ExitCode(); code != 0 || failure != "" {
 		if failure == "" {
 			failure = "no reason given"
 		}
-		return "", candidates, fmt.Errorf("ssm: register: amazon-ssm-agent exited with code %d: %s", code, failure)
+		return "", fmt.Errorf("ssm: register: amazon-ssm-agent exited with code %d: %s", code, failure)
 	}
-	reg, ferr := readRegistration(l.path(RegistrationFile))
 	switch {
 	case reported == "":
-		return "", candidates, fmt.Errorf("ssm: register: amazon-ssm-agent did not report a managed instance id")
+		return "", fmt.Errorf("ssm: register: amazon-ssm-agent did not report a managed instance id")
 	case ferr != nil:
-		return "", candidates, fmt.Errorf("ssm: register: read registration file: %w", ferr)
+		return "", fmt.Errorf("ssm: register: read registration file: %w", ferr)
 	case reg.ManagedInstanceID != reported:
-		return "", candidates, fmt.Errorf("ssm: register: registration file names %q but amazon-ssm-agent reported %q", reg.ManagedInstanceID, reported)
+		return "", fmt.Errorf("ssm: register: registration file names %q but amazon-ssm-agent reported %q", reg.ManagedInstanceID, reported)
 	case !instanceIDPattern.MatchString(reported):
-		return "", candidates, fmt.Errorf("ssm: register: %q is not a managed instance id", reported)
+		return "", fmt.Errorf("ssm: register: %q is not a managed instance id", reported)
 	case reg.Region != l.cfg.Region:
-		return "", candidates, fmt.Errorf("ssm: register: registration file names region %q, want %q", reg.Region, l.cfg.Region)
+		return "", fmt.Errorf("ssm: register: registration file names region %q, want %q", reg.Region, l.cfg.Region)
 	}
-	return reported, candidates, nil
+	l.mu.Lock()
+	l.instanceID, l.confirmed = reported, true
+	l.mu.Unlock()
+	return reported, nil
 }
 
-// registrationCandidates returns the ids a registration may have created:
-// the reported one and the one in the registration file.
-func (l *Lifecycle) registrationCandidates(reported string) []string {
-	var ids []string
-	if instanceIDPattern.MatchString(reported) {
-		ids = append(ids, reported)
-	}
-	if reg, err := readRegistration(l.path(RegistrationFile)); err == nil && instanceIDPattern.MatchString(reg.ManagedInstanceID) {
-		ids = append(ids, reg.ManagedInstanceID)
-	}
-	return ids
+// setProc makes p (nil: none) the child that StopAgent stops.
+func (l *Lifecycle) setProc(p Process, out <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.proc, l.procOut = p, out
 }

@@ -76,6 +76,7 @@ func (e *ssmEnv) startWith(t *testing.T, extra map[string]string, init []string)
 		"AWS_ACCESS_KEY_ID":                      fakessm.DefaultAccessKeyID,
 		"AWS_SECRET_ACCESS_KEY":                  fakessm.DefaultSecretAccessKey,
 		"AWS_ENDPOINT_URL_SSM":                   e.api.URL(),
+		"AWS_ENDPOINT_URL_ECS":                   e.ecs.URL(),
 		"ECS_CONTAINER_METADATA_URI_V4":          e.ecs.URI(),
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/task-role-secret",
 		"FAKE_AGENT_STOP_DELAY":                  "1s",

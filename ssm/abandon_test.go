@@ -147,6 +147,31 @@ func TestStartAbandoned(t *testing.T) {
 	}
 }
 
+// TestAbandonedCreateLandsLater: the cut CreateActivation lands in the
+// service after the first look; Deregister looks again before its deadline.
+func TestAbandonedCreateLandsLater(t *testing.T) {
+	h := newHarness(t, nil)
+	h.srv.DelayEffect("CreateActivation", 1, 300*time.Millisecond)
+	ctx := cancelWhen(t, func() bool { return h.srv.Calls("CreateActivation") == 1 })
+	if err := h.l.Start(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Start = %v", err)
+	}
+	if n := len(h.srv.Activations()); n != 0 {
+		t.Fatalf("%d activations at once: the delay did not hold", n)
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	if err := h.l.Deregister(dctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(h.srv); len(left) != 0 {
+		t.Errorf("left behind: %v\n%s", left, h.logs)
+	}
+	if n := h.srv.Calls("DescribeActivations"); n != 2 {
+		t.Errorf("%d looks, want 2", n)
+	}
+}
+
 // TestAbandonedCreateWithoutTime: when the duplicate sweep cannot run
 // before the deadline, the log says an activation may remain and when it
 // expires.

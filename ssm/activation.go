@@ -197,14 +197,15 @@ const maxDuplicatePages = 20
 // deleted: same DefaultInstanceName, same Description (it carries the run
 // id), on ECS our task ARN in TagTaskARN, no registration, created at or
 // after the call started (minus duplicateSkew). It runs once per start: a
-// sweep that ended other than by ctx is not repeated. Failures are
-// warnings: a duplicate left behind expires after ActivationTTL.
-func (l *Lifecycle) sweepDuplicates(ctx context.Context) {
+// sweep that ended other than by ctx is not repeated (but see
+// tidyActivations). It returns how many it found. Failures are warnings: a
+// duplicate left behind expires after ActivationTTL.
+func (l *Lifecycle) sweepDuplicates(ctx context.Context) int {
 	l.mu.Lock()
 	act, done := l.act, l.duplicatesSwept
 	l.mu.Unlock()
 	if act == nil || done || ctx.Err() != nil {
-		return
+		return 0
 	}
 	var dups []string
 	pages := awsssm.NewDescribeActivationsPaginator(l.api, &awsssm.DescribeActivationsInput{
@@ -218,7 +219,7 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context) {
 		out, err := pages.NextPage(cctx)
 		ccancel()
 		if ctx.Err() != nil {
-			return // cut short: Deregister looks again
+			return 0 // cut short: Deregister looks again
 		}
 		if err != nil {
 			err = apiError("find duplicate activations", "ssm:DescribeActivations", err)
@@ -242,7 +243,7 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context) {
 		case code == "InvalidActivationId" || code == "InvalidActivation":
 			l.log.Info("duplicate activation already gone", "step", "activation", "activation_id", id)
 		case ctx.Err() != nil:
-			return
+			return len(dups)
 		default:
 			err = apiError("delete duplicate activation", "ssm:DeleteActivation", err)
 			l.log.Warn("duplicate activation not deleted; it expires on its own", "step", "activation",
@@ -252,6 +253,7 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context) {
 	l.mu.Lock()
 	l.duplicatesSwept = true
 	l.mu.Unlock()
+	return len(dups)
 }
 
 // isDuplicate reports whether a is an activation this run created besides

@@ -184,24 +184,44 @@ func (l *Lifecycle) removeRegistrationFile() {
 	}
 }
 
+// lateCheckMargin is how long before its deadline Deregister looks once
+// more for an activation that a CreateActivation cut short may still create.
+const lateCheckMargin = time.Second
+
 // tidyActivations retries failed activation deletes and, if Start did not
-// get to it, looks for duplicates once, with what is left of ctx; what may
-// remain is logged with its expiry. An unused activation expires on its
-// own after ActivationTTL; a used one cannot register anything more.
+// get to it, looks for duplicates, with what is left of ctx. A
+// CreateActivation that got no answer (cut by SIGTERM, or failed) may
+// still be in flight in the service and land later: if the first look
+// finds nothing, it looks again as late as ctx allows. What may remain is
+// logged with its expiry; an unused activation expires on its own after
+// ActivationTTL, and a used one cannot register anything more.
 func (l *Lifecycle) tidyActivations(ctx context.Context) {
 	l.retryActivations(ctx, "deregister")
-	l.sweepDuplicates(ctx)
 	l.mu.Lock()
-	act, pending, swept := l.act, slices.Clone(l.pendingActivations), l.duplicatesSwept
+	act, swept := l.act, l.duplicatesSwept
 	l.mu.Unlock()
 	if act == nil {
 		return
 	}
+	found := l.sweepDuplicates(ctx)
+	unanswered := act.id == ""
+	if unanswered && found == 0 && !swept {
+		if d, ok := ctx.Deadline(); ok && sleepCtx(ctx, time.Until(d.Add(-lateCheckMargin))) == nil {
+			l.mu.Lock()
+			l.duplicatesSwept = false
+			l.mu.Unlock()
+			l.log.Info("looking again for an activation the cut CreateActivation may have created", "step", "deregister")
+			found = l.sweepDuplicates(ctx)
+		}
+	}
+	l.mu.Lock()
+	pending, swept := slices.Clone(l.pendingActivations), l.duplicatesSwept
+	l.mu.Unlock()
 	for _, id := range pending {
 		l.log.Warn("activation not deleted; it expires on its own", "step", "deregister", "activation_id", id,
 			"expires_at", act.expires(l.cfg.ActivationTTL))
 	}
-	if !swept {
+	if !swept || unanswered && found == 0 {
 		l.log.Warn("an activation created by a CreateActivation call that was cut short may remain; it expires on its own",
 			"step", "deregister", "instance_name", act.name, "expires_at", act.expires(l.cfg.ActivationTTL))
 	}

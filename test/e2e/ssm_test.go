@@ -68,6 +68,13 @@ func (e *ssmEnv) start(t *testing.T, extra map[string]string) *harness.Bastion {
 // startWith starts the bastion under init (nil: the bastion is PID 1).
 func (e *ssmEnv) startWith(t *testing.T, extra map[string]string, init []string) *harness.Bastion {
 	t.Helper()
+	o := e.options(t, extra)
+	o.Init = init
+	return harness.StartBastion(t, e.dir, o)
+}
+
+// options runs the bastion in this world, with extra variables.
+func (e *ssmEnv) options(t *testing.T, extra map[string]string) harness.BastionOptions {
 	env := map[string]string{
 		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":      harness.B64(e.user.Pub),
 		"SSH_PRIVATE_HOST_KEY_BASE64ENCODED":     harness.B64(e.host.PEM(t)),
@@ -87,9 +94,7 @@ func (e *ssmEnv) startWith(t *testing.T, extra map[string]string, init []string)
 	for k, v := range extra {
 		env[k] = v
 	}
-	return harness.StartBastion(t, e.dir, harness.BastionOptions{
-		Env: env, Binds: e.binds, PathPrefix: e.agent, Init: init,
-	})
+	return harness.BastionOptions{Env: env, Binds: e.binds, PathPrefix: e.agent}
 }
 
 // leaks counts what a stopped bastion must never leave behind.
@@ -422,8 +427,9 @@ func TestSSMFaults(t *testing.T) {
 				if op == "DeregisterManagedInstance" {
 					inject()
 				}
-				b.Terminate()
-				if code := b.Wait(30 * time.Second); code != 0 {
+				code, took := terminate(t, b, 20*time.Second)
+				row(t, op+" "+f+" once, then SIGTERM when Online", code, took, e)
+				if code != 0 {
 					t.Fatalf("exit %d:\n%s", code, b.Log.String())
 				}
 				e.assertNoLeaks(t)

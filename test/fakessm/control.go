@@ -54,8 +54,10 @@ type (
 		Duration string `json:"duration"`
 		Count    int    `json:"count"` // 0 = every call
 		// After: the call takes effect at once, only its answer waits
-		// (DelayResponse).
+		// (DelayResponse). Lands: it takes effect after the wait even if
+		// its client gave up (DelayEffect).
 		After bool `json:"after,omitempty"`
+		Lands bool `json:"lands,omitempty"`
 	}
 	// RateLimitRequest: POST /_fake/ratelimit.
 	RateLimitRequest struct {
@@ -107,7 +109,14 @@ func (s *Server) controlHandler() http.Handler {
 		if n <= 0 {
 			n = -1
 		}
-		s.setDelay(req.Op, n, d, req.After)
+		mode := delayCall
+		switch {
+		case req.After:
+			mode = delayResponse
+		case req.Lands:
+			mode = delayEffect
+		}
+		s.setDelay(req.Op, n, d, mode)
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("POST /_fake/ratelimit", func(w http.ResponseWriter, r *http.Request) {

@@ -585,6 +585,25 @@ func TestFaultInjection(t *testing.T) {
 			t.Fatalf("%d activations created, want the one whose answer was lost", n)
 		}
 	})
+	t.Run("delayed effect: lands after the client gave up", func(t *testing.T) {
+		before := len(srv.Activations())
+		srv.DelayEffect("CreateActivation", 1, 500*time.Millisecond)
+		cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		if err := create(cctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if n := len(srv.Activations()) - before; n != 0 {
+			t.Fatalf("activation created before the delay ended")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for len(srv.Activations())-before != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal("the call never landed")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 	t.Run("delay next only", func(t *testing.T) {
 		// A delay well above a loaded machine's call time tells the two apart.
 		before := srv.FaultsServed("GetServiceSetting")

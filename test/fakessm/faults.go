@@ -34,9 +34,18 @@ type fault struct {
 
 type delay struct {
 	d         time.Duration
-	remaining int  // -1 = forever
-	after     bool // the call takes effect first; only its answer waits
+	remaining int // -1 = forever
+	mode      delayMode
 }
+
+// delayMode says what a delayed call does when its client gives up.
+type delayMode int
+
+const (
+	delayCall     delayMode = iota // nothing: the call never happened
+	delayResponse                  // the call took effect at once; only its answer waits
+	delayEffect                    // the call takes effect after the wait all the same
+)
 
 // modeledCodes are SSM's own exception shapes (their body carries "Message").
 var modeledCodes = map[string]bool{
@@ -83,22 +92,28 @@ func (s *Server) ClearFaults() {
 func (s *Server) Delay(op string, d time.Duration) { s.DelayNext(op, -1, d) }
 
 // DelayNext delays only the next n calls to op; n < 0 means all.
-func (s *Server) DelayNext(op string, n int, d time.Duration) { s.setDelay(op, n, d, false) }
+func (s *Server) DelayNext(op string, n int, d time.Duration) { s.setDelay(op, n, d, delayCall) }
 
 // DelayResponse makes the next n calls to op (n < 0: all) take effect at
 // once and answer only after d. A client that gives up first gets no answer,
 // but what the call did stays done: a CreateActivation cut short by the
 // caller has still created its activation.
-func (s *Server) DelayResponse(op string, n int, d time.Duration) { s.setDelay(op, n, d, true) }
+func (s *Server) DelayResponse(op string, n int, d time.Duration) { s.setDelay(op, n, d, delayResponse) }
 
-func (s *Server) setDelay(op string, n int, d time.Duration, after bool) {
+// DelayEffect makes the next n calls to op (n < 0: all) take effect only
+// after d, even when their client has given up by then: a request still in
+// flight in the service that lands later, e.g. an activation that appears
+// after the caller stopped looking for it.
+func (s *Server) DelayEffect(op string, n int, d time.Duration) { s.setDelay(op, n, d, delayEffect) }
+
+func (s *Server) setDelay(op string, n int, d time.Duration, mode delayMode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d <= 0 || n == 0 {
 		delete(s.delays, op)
 		return
 	}
-	s.delays[op] = &delay{d: d, remaining: n, after: after}
+	s.delays[op] = &delay{d: d, remaining: n, mode: mode}
 }
 
 // RateLimit throttles all API calls beyond perSecond (token bucket with a
@@ -137,7 +152,7 @@ func (s *Server) takeToken() bool {
 	return true
 }
 
-func (s *Server) nextDelay(op string) (time.Duration, bool) {
+func (s *Server) nextDelay(op string) (time.Duration, delayMode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, key := range []string{op, AnyOp} {
@@ -151,9 +166,9 @@ func (s *Server) nextDelay(op string) (time.Duration, bool) {
 				delete(s.delays, key)
 			}
 		}
-		return d.d, d.after
+		return d.d, d.mode
 	}
-	return 0, false
+	return 0, delayCall
 }
 
 func (s *Server) nextFault(op string) (_ *apiError, after bool) {

@@ -303,7 +303,7 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 	if !s.takeToken() {
 		return nil, "", errCommon(http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
 	}
-	d, late := s.nextDelay(op)
+	d, mode := s.nextDelay(op)
 	wait := func() bool { // false: the client gave up
 		fault = "delay"
 		t := time.NewTimer(d)
@@ -312,11 +312,18 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 		case <-t.C:
 			return true
 		case <-ctx.Done():
+			if mode == delayEffect {
+				<-t.C // lands all the same, unanswered
+			}
 			return false
 		}
 	}
-	if d > 0 && !late && !wait() {
-		return nil, fault, &apiError{} // client gave up; answer nothing
+	gone := false // the client gave up during a delayEffect wait
+	if d > 0 && mode != delayResponse && !wait() {
+		if mode == delayCall {
+			return nil, fault, &apiError{} // client gave up; answer nothing
+		}
+		gone = true
 	}
 	f, after := s.nextFault(op)
 	if f != nil && !after {
@@ -330,7 +337,7 @@ func (s *Server) process(ctx context.Context, op, akid string, body []byte, auth
 		return nil, fault, errCommon(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
 	}
 	resp, aerr := handlers[op](s, &call{akid: akid, body: body})
-	if d > 0 && late && !wait() {
+	if gone || d > 0 && mode == delayResponse && !wait() {
 		return nil, fault, &apiError{} // done, but the answer never arrives
 	}
 	if f != nil && aerr == nil {

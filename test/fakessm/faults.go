@@ -98,7 +98,9 @@ func (s *Server) DelayNext(op string, n int, d time.Duration) { s.setDelay(op, n
 // once and answer only after d. A client that gives up first gets no answer,
 // but what the call did stays done: a CreateActivation cut short by the
 // caller has still created its activation.
-func (s *Server) DelayResponse(op string, n int, d time.Duration) { s.setDelay(op, n, d, delayResponse) }
+func (s *Server) DelayResponse(op string, n int, d time.Duration) {
+	s.setDelay(op, n, d, delayResponse)
+}
 
 // DelayEffect makes the next n calls to op (n < 0: all) take effect only
 // after d, even when their client has given up by then: a request still in

@@ -347,7 +347,7 @@ func hintActions(t *testing.T) []string {
 func TestTaskRoleGrantsEveryActionTheCodeNeeds(t *testing.T) {
 	actions := hintActions(t)
 	for _, must := range []string{"ssm:CreateActivation", "ssm:DeleteActivation", "ssm:DeregisterManagedInstance",
-		"ssm:DescribeInstanceInformation", "ssm:GetServiceSetting", "iam:PassRole", "ssm:ListTagsForResource", "ecs:DescribeTasks"} {
+		"ssm:DescribeInstanceInformation", "ssm:GetServiceSetting", "iam:PassRole", "ssm:ListTagsForResource", "ecs:DescribeTasks", "ssm:DescribeSessions"} {
 		if !slices.Contains(actions, must) {
 			t.Errorf("the ssm package no longer names %s in a hint; the regexp or the hints changed", must)
 		}

@@ -15,8 +15,8 @@ import (
 	"github.com/aws/smithy-go"
 )
 
-// API is the subset of the SSM client the package calls; tests aim the real
-// client at test/fakessm.
+// API is the subset of the SSM client the package calls (SessionOwner's
+// DescribeSessions included); tests aim the real client at test/fakessm.
 type API interface {
 	GetServiceSetting(ctx context.Context, in *awsssm.GetServiceSettingInput, optFns ...func(*awsssm.Options)) (*awsssm.GetServiceSettingOutput, error)
 	CreateActivation(ctx context.Context, in *awsssm.CreateActivationInput, optFns ...func(*awsssm.Options)) (*awsssm.CreateActivationOutput, error)
@@ -25,6 +25,7 @@ type API interface {
 	DescribeInstanceInformation(ctx context.Context, in *awsssm.DescribeInstanceInformationInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeInstanceInformationOutput, error)
 	DeregisterManagedInstance(ctx context.Context, in *awsssm.DeregisterManagedInstanceInput, optFns ...func(*awsssm.Options)) (*awsssm.DeregisterManagedInstanceOutput, error)
 	ListTagsForResource(ctx context.Context, in *awsssm.ListTagsForResourceInput, optFns ...func(*awsssm.Options)) (*awsssm.ListTagsForResourceOutput, error)
+	DescribeSessions(ctx context.Context, in *awsssm.DescribeSessionsInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeSessionsOutput, error)
 }
 
 var _ API = (*awsssm.Client)(nil)

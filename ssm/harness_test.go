@@ -113,6 +113,11 @@ func (c *checkedAPI) ListTagsForResource(ctx context.Context, in *awsssm.ListTag
 	return c.API.ListTagsForResource(ctx, in, o...)
 }
 
+func (c *checkedAPI) DescribeSessions(ctx context.Context, in *awsssm.DescribeSessionsInput, o ...func(*awsssm.Options)) (*awsssm.DescribeSessionsOutput, error) {
+	c.check(ctx, "DescribeSessions")
+	return c.API.DescribeSessions(ctx, in, o...)
+}
+
 func (c *checkedAPI) DeregisterManagedInstance(ctx context.Context, in *awsssm.DeregisterManagedInstanceInput, o ...func(*awsssm.Options)) (*awsssm.DeregisterManagedInstanceOutput, error) {
 	c.check(ctx, "DeregisterManagedInstance")
 	return c.API.DeregisterManagedInstance(ctx, in, o...)

@@ -13,17 +13,18 @@ type State struct {
 	Activations []Activation   `json:"activations"`
 	Instances   []Instance     `json:"instances"`
 	Calls       map[string]int `json:"calls"`
-	// FaultsServed counts calls answered by an injected fault, by op.
+	// FaultsServed counts calls that met an injected fault or delay, by op.
 	FaultsServed map[string]int    `json:"faultsServed"`
 	Requests     []Request         `json:"requests"`
 	Settings     map[string]string `json:"settings"`
+	Sessions     []Session         `json:"sessions"`
 }
 
 // Snapshot returns the whole inspectable state at once.
 func (s *Server) Snapshot() State {
 	// Empty lists, not null, for consumers in other languages.
 	st := State{Region: s.opts.Region, Activations: append([]Activation{}, s.Activations()...),
-		Instances: s.Instances(), Requests: append([]Request{}, s.Requests()...)}
+		Instances: s.Instances(), Requests: append([]Request{}, s.Requests()...), Sessions: s.Sessions()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st.Calls = make(map[string]int, len(s.calls))
@@ -67,6 +68,11 @@ type (
 	SettingRequest struct {
 		SettingID string `json:"settingId"`
 		Value     string `json:"value"`
+	}
+	// EndSessionRequest: POST /_fake/session/end. (POST /_fake/session
+	// takes a Session and starts it, answering the stored one.)
+	EndSessionRequest struct {
+		SessionID string `json:"sessionId"`
 	}
 	// PingRequest: POST /_fake/ping. Sets LastPing to Time (RFC 3339) or to
 	// now minus Ago (Go duration); Status, if set, forces the PingStatus.
@@ -149,6 +155,29 @@ func (s *Server) controlHandler() http.Handler {
 		}
 		if err := s.applyPing(req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("POST /_fake/session", func(w http.ResponseWriter, r *http.Request) {
+		var req Session
+		if !readJSON(w, r, &req) {
+			return
+		}
+		se, err := s.StartSession(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, http.StatusOK, se)
+	})
+	mux.HandleFunc("POST /_fake/session/end", func(w http.ResponseWriter, r *http.Request) {
+		var req EndSessionRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := s.EndSession(req.SessionID); err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -915,5 +916,114 @@ func TestRegisterInstanceInProcess(t *testing.T) {
 		in.InstanceID, fakessm.AgentSecret(in.InstanceID), srv.Region())
 	if status != 400 || out["__type"] != "InvalidInstanceId" {
 		t.Fatalf("ping after removal: %d %v", status, out)
+	}
+}
+
+// TestDescribeSessions: the real request and response shapes (AWS-FACTS §7),
+// State Active and History, the filters, paging, sessions made over the
+// admin HTTP API and in Go, and injected faults.
+func TestDescribeSessions(t *testing.T) {
+	srv := fakessm.NewTest(t, fakessm.Options{})
+	c := defaultClient(t, srv)
+	ctx := context.Background()
+	alice, err := srv.StartSession(fakessm.Session{Target: "mi-0123456789abcdef0", Owner: "arn:aws:sts::123456789012:assumed-role/Ops/alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^alice-[0-9a-f]{17}$`).MatchString(alice.SessionID) || alice.Status != "Connected" || alice.DocumentName != "AWS-StartSSHSession" {
+		t.Fatalf("session %+v", alice)
+	}
+	// Over HTTP, as a test driving a separate fake process would.
+	body, _ := json.Marshal(fakessm.Session{SessionID: "bob-00000000000000001", Target: "mi-0123456789abcdef0", Owner: "arn:aws:iam::123456789012:user/bob"})
+	resp, err := http.Post(srv.URL()+"/_fake/session", "application/json", bytes.NewReader(body))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /_fake/session: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	describe := func(state types.SessionState, filters ...types.SessionFilter) []types.Session {
+		t.Helper()
+		out, err := c.DescribeSessions(ctx, &ssm.DescribeSessionsInput{State: state, Filters: filters})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Sessions
+	}
+	byID := types.SessionFilter{Key: types.SessionFilterKeySessionId, Value: aws.String(alice.SessionID)}
+	got := describe(types.SessionStateActive, byID)
+	if len(got) != 1 || aws.ToString(got[0].Owner) != alice.Owner || aws.ToString(got[0].Target) != alice.Target ||
+		got[0].Status != types.SessionStatusConnected || got[0].StartDate == nil || aws.ToString(got[0].DocumentName) != "AWS-StartSSHSession" {
+		t.Fatalf("by id: %+v", got)
+	}
+	if got := describe(types.SessionStateActive); len(got) != 2 {
+		t.Fatalf("all active: %d", len(got))
+	}
+	if got := describe(types.SessionStateActive, types.SessionFilter{Key: types.SessionFilterKeyOwner, Value: aws.String("arn:aws:iam::123456789012:user/bob")}); len(got) != 1 || aws.ToString(got[0].SessionId) != "bob-00000000000000001" {
+		t.Fatalf("by owner: %+v", got)
+	}
+	if got := describe(types.SessionStateActive, types.SessionFilter{Key: types.SessionFilterKeyInvokedAfter, Value: aws.String(time.Now().Add(time.Hour).UTC().Format(time.RFC3339))}); len(got) != 0 {
+		t.Fatalf("invoked after an hour from now: %+v", got)
+	}
+
+	// Ended: no longer Active, in History with an EndDate.
+	end, _ := json.Marshal(fakessm.EndSessionRequest{SessionID: alice.SessionID})
+	if resp, err := http.Post(srv.URL()+"/_fake/session/end", "application/json", bytes.NewReader(end)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("end: %v %v", err, resp)
+	}
+	if got := describe(types.SessionStateActive, byID); len(got) != 0 {
+		t.Fatalf("ended session still active: %+v", got)
+	}
+	if got := describe(types.SessionStateHistory, byID); len(got) != 1 || got[0].Status != types.SessionStatusTerminated || got[0].EndDate == nil {
+		t.Fatalf("history: %+v", got)
+	}
+
+	// The wire: what the SDK sends and the fake's errors.
+	var sent string
+	for _, r := range srv.Requests() {
+		if r.Op == "DescribeSessions" {
+			sent = r.Body
+			break
+		}
+	}
+	if !strings.Contains(sent, `"State":"Active"`) || !strings.Contains(sent, `{"key":"SessionId","value":"`+alice.SessionID+`"}`) {
+		t.Fatalf("request body %s", sent)
+	}
+	status, out := rawCall(t, srv.URL(), "DescribeSessions", map[string]any{"Filters": []any{}}, fakessm.DefaultAccessKeyID, fakessm.DefaultSecretAccessKey, "us-east-1")
+	if status != 400 || out["__type"] != "ValidationException" {
+		t.Fatalf("without State: %d %v", status, out)
+	}
+	status, out = rawCall(t, srv.URL(), "DescribeSessions", map[string]any{"State": "Active", "Filters": []any{map[string]string{"key": "Colour", "value": "x"}}},
+		fakessm.DefaultAccessKeyID, fakessm.DefaultSecretAccessKey, "us-east-1")
+	if status != 400 || out["__type"] != "ValidationException" {
+		t.Fatalf("bad key: %d %v", status, out)
+	}
+
+	// Paging.
+	for i := 0; i < 25; i++ {
+		if _, err := srv.StartSession(fakessm.Session{Target: "mi-0123456789abcdef0", Owner: fmt.Sprintf("arn:aws:iam::123456789012:user/u%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages := ssm.NewDescribeSessionsPaginator(c, &ssm.DescribeSessionsInput{State: types.SessionStateActive, MaxResults: aws.Int32(10)})
+	n, calls := 0, 0
+	for pages.HasMorePages() {
+		p, err := pages.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, calls = n+len(p.Sessions), calls+1
+	}
+	if n != 26 || calls != 3 {
+		t.Fatalf("%d sessions in %d pages, want 26 in 3", n, calls)
+	}
+
+	// Faults like any other operation.
+	srv.FailNext("DescribeSessions", 1, "AccessDeniedException")
+	if _, err := c.DescribeSessions(ctx, &ssm.DescribeSessionsInput{State: types.SessionStateActive}); apiCode(err) != "AccessDeniedException" ||
+		!strings.Contains(err.Error(), "ssm:DescribeSessions") {
+		t.Fatalf("injected fault: %v", err)
+	}
+	if srv.FaultsServed("DescribeSessions") != 1 || len(srv.Snapshot().Sessions) != 27 {
+		t.Fatalf("served %d, state sessions %d", srv.FaultsServed("DescribeSessions"), len(srv.Snapshot().Sessions))
 	}
 }

@@ -72,6 +72,7 @@ type Server struct {
 	settings    map[string]*setting
 	activations map[string]*Activation // by ActivationID, includes deleted ones
 	instances   map[string]*Instance   // by InstanceID, only registered ones
+	sessions    map[string]*Session    // by SessionId
 	calls       map[string]int
 	requests    []Request
 	faults      map[string][]*fault
@@ -131,6 +132,7 @@ func New(opts Options) *Server {
 		settings:    map[string]*setting{},
 		activations: map[string]*Activation{},
 		instances:   map[string]*Instance{},
+		sessions:    map[string]*Session{},
 		calls:       map[string]int{},
 		faults:      map[string][]*fault{},
 		served:      map[string]int{},

@@ -50,6 +50,23 @@ func TestStartAbandoned(t *testing.T) {
 		failed bool // Deregister reports an instance left
 	}{
 		{
+			name: "during the orphan sweep",
+			setup: func(h *harness) func() bool {
+				h.srv.DelayNext("DescribeInstanceInformation", 1, time.Minute)
+				return func() bool { return h.srv.Calls("DescribeInstanceInformation") == 1 }
+			},
+			check: func(t *testing.T, h *harness) {
+				if n := h.srv.Calls("CreateActivation"); n != 0 {
+					t.Errorf("went on to CreateActivation")
+				}
+				for _, r := range h.logs.records(t) {
+					if r["level"] == "WARN" && strings.Contains(r["msg"].(string), "may remain") {
+						t.Errorf("warned about an activation never asked for: %v", r)
+					}
+				}
+			},
+		},
+		{
 			name: "during CreateActivation, the activation created anyway",
 			setup: func(h *harness) func() bool {
 				h.srv.DelayResponse("CreateActivation", 1, time.Minute)

@@ -149,11 +149,17 @@ func (l *Lifecycle) Start(ctx context.Context) error {
 	default:
 		l.sweepOrphans(ctx)
 	}
+	if err := ctx.Err(); err != nil { // the sweep only logs its failures
+		return fmt.Errorf("ssm: start: %w", err)
+	}
 	if err := l.clearStale(ctx); err != nil {
 		return err
 	}
 	if err := l.renderConfig(); err != nil {
 		return err
+	}
+	if err := ctx.Err(); err != nil { // nothing sent yet: nothing to undo
+		return fmt.Errorf("ssm: start: %w", err)
 	}
 
 	act, err := l.createActivation(ctx)

@@ -372,6 +372,9 @@ func TestSSMBudgetTooSmall(t *testing.T) {
 	waitOnline(t, b)
 	code, took := terminate(t, b, 5*time.Second)
 	row(t, "normal stop at the minimum budget (5s)", code, took, e)
+	if os.Getenv("SSM_STOP_LOG") != "" {
+		t.Log(b.Log.String())
+	}
 	if code != 0 || took > 5*time.Second {
 		t.Fatalf("exit %d after %v", code, took)
 	}

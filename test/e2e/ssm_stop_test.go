@@ -198,9 +198,6 @@ func TestSSMStopAtEveryStage(t *testing.T) {
 				t.Fatalf("the live task's instance %s was deregistered", id)
 			}
 			row(t, "SIGTERM during "+st.name, code, took, e)
-			if os.Getenv("SSM_STOP_LOG") != "" {
-				t.Log(b.Log.String())
-			}
 			if code != 0 || took > budget {
 				t.Fatalf("exit %d after %v (budget %v):\n%s", code, took, budget, b.Log.String())
 			}
@@ -335,7 +332,8 @@ func TestSSMReadySoonAfterOnline(t *testing.T) {
 	online := time.Now()
 	e.api.SetPing(id, online)
 	b.Log.WaitFor(t, 30*time.Second, "ssm agent online", nil)
-	if took := time.Since(online); took > 3*time.Second {
+	// Polls come at most 2 s apart; the old backoff was at 8-10 s by now.
+	if took := time.Since(online); took > 4*time.Second {
 		t.Fatalf("Online noticed %v after it happened", took)
 	} else {
 		t.Logf("Online noticed %v after it happened", took.Round(time.Millisecond))
@@ -372,9 +370,6 @@ func TestSSMBudgetTooSmall(t *testing.T) {
 	waitOnline(t, b)
 	code, took := terminate(t, b, 5*time.Second)
 	row(t, "normal stop at the minimum budget (5s)", code, took, e)
-	if os.Getenv("SSM_STOP_LOG") != "" {
-		t.Log(b.Log.String())
-	}
 	if code != 0 || took > 5*time.Second {
 		t.Fatalf("exit %d after %v", code, took)
 	}

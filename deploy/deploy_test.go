@@ -314,14 +314,15 @@ func condValue(t *testing.T, cond map[string]map[string]json.RawMessage, op, key
 }
 
 // hintActions are the IAM actions the ssm package names in its
-// access-denied hints ("the ECS task role needs ssm:X …").
+// access-denied hints ("the ECS task role needs ssm:X …", ecs:DescribeTasks
+// for the orphan sweep).
 func hintActions(t *testing.T) []string {
 	t.Helper()
 	files, err := filepath.Glob("../ssm/*.go")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no ssm sources: %v", err)
 	}
-	re := regexp.MustCompile(`\b(?:ssm|iam):[A-Z][A-Za-z]+\b`)
+	re := regexp.MustCompile(`\b(?:ssm|iam|ecs):[A-Z][A-Za-z]+\b`)
 	seen := map[string]bool{}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
@@ -346,7 +347,7 @@ func hintActions(t *testing.T) []string {
 func TestTaskRoleGrantsEveryActionTheCodeNeeds(t *testing.T) {
 	actions := hintActions(t)
 	for _, must := range []string{"ssm:CreateActivation", "ssm:DeleteActivation", "ssm:DeregisterManagedInstance",
-		"ssm:DescribeInstanceInformation", "ssm:GetServiceSetting", "iam:PassRole"} {
+		"ssm:DescribeInstanceInformation", "ssm:GetServiceSetting", "iam:PassRole", "ssm:ListTagsForResource", "ecs:DescribeTasks", "ssm:DescribeSessions"} {
 		if !slices.Contains(actions, must) {
 			t.Errorf("the ssm package no longer names %s in a hint; the regexp or the hints changed", must)
 		}
@@ -362,6 +363,27 @@ func TestTaskRoleGrantsEveryActionTheCodeNeeds(t *testing.T) {
 			if a == "*" || a == "ssm:*" || a == "iam:*" {
 				t.Errorf("task role policy grants %q: too broad", a)
 			}
+		}
+	}
+}
+
+// TestDescribeTasksScoped: the orphan sweep may describe the tasks of the
+// service's cluster only.
+func TestDescribeTasksScoped(t *testing.T) {
+	task := readPolicy(t, "iam-task-role-policy.json")
+	idx := task.allows("ecs:DescribeTasks")
+	if len(idx) == 0 {
+		t.Fatal("no ecs:DescribeTasks statement")
+	}
+	for _, i := range idx {
+		st := task.Statement[i]
+		for _, r := range st.Resource {
+			if !strings.HasPrefix(r, "arn:aws:ecs:") || !strings.Contains(r, ":task/") {
+				t.Errorf("ecs:DescribeTasks on %q: want task resources", r)
+			}
+		}
+		if condValue(t, st.Condition, "ArnEquals", "ecs:cluster") == "" {
+			t.Errorf("ecs:DescribeTasks not conditioned on ecs:cluster")
 		}
 	}
 }

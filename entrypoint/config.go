@@ -44,7 +44,7 @@ type Env struct {
 	DrainTimeout         time.Duration `envconfig:"BASTION_DRAIN_TIMEOUT" default:"10s" desc:"grace for open tunnels at shutdown before they are cut"`
 
 	// Process.
-	StopTimeout time.Duration `envconfig:"BASTION_STOP_TIMEOUT" default:"30s" desc:"whole shutdown budget; set it to the task definition's stopTimeout (Fargate default 30s, max 120s)"`
+	StopTimeout time.Duration `envconfig:"BASTION_STOP_TIMEOUT" default:"30s" desc:"whole shutdown budget, counted from SIGTERM; set it to the task definition's stopTimeout (Fargate default 30s, max 120s); at least 5s with SSM"`
 	LogLevel    string        `envconfig:"BASTION_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 
 	// SSM (seed 004 names).
@@ -55,12 +55,13 @@ type Env struct {
 	LogGroup            string        `envconfig:"CLOUDWATCH_RECEIVER_LOG_GROUP" desc:"CloudWatch Logs group for the agent's logs; empty = console only"`
 	SSMTags             string        `envconfig:"BASTION_SSM_TAGS" desc:"extra tags for the managed instance: key=value,key=value"`
 	RequireAdvancedTier bool          `envconfig:"BASTION_SSM_REQUIRE_ADVANCED_TIER" default:"true" desc:"refuse to start unless the account's activation tier is advanced (needed for Session Manager on hybrid instances)"`
-	OrphanSweep         bool          `envconfig:"BASTION_SSM_ORPHAN_SWEEP" default:"true" desc:"at start, deregister this service's managed instances left ConnectionLost by killed tasks"`
-	OrphanAfter         time.Duration `envconfig:"BASTION_SSM_ORPHAN_AFTER" default:"15m" desc:"how long an instance must be ConnectionLost before the sweep removes it"`
+	OrphanSweep         bool          `envconfig:"BASTION_SSM_ORPHAN_SWEEP" default:"true" desc:"at start, deregister this service's managed instances left ConnectionLost by tasks that ECS reports stopped (ecs:DescribeTasks)"`
+	OrphanAfter         time.Duration `envconfig:"BASTION_SSM_ORPHAN_AFTER" default:"15m" desc:"how long an instance must be ConnectionLost before the sweep asks ECS whether its task stopped; at least 10m"`
 	ReadyTimeout        time.Duration `envconfig:"BASTION_SSM_READY_TIMEOUT" default:"2m" desc:"how long to wait for the managed instance to show Online"`
 	AgentRestarts       int           `envconfig:"BASTION_SSM_AGENT_RESTARTS" default:"3" desc:"restarts of an agent that dies unexpectedly before bastion exits non-zero"`
-	AgentTaskRole       bool          `envconfig:"BASTION_AGENT_KEEP_TASK_ROLE" default:"false" desc:"let the agent (and so SSM sessions) inherit the ECS task role's credential variables"`
+	AgentTaskRole       bool          `envconfig:"BASTION_AGENT_KEEP_TASK_ROLE" default:"false" desc:"let the agent (and so SSM sessions) inherit bastion's AWS credentials: the task role's AWS_CONTAINER_CREDENTIALS_* and AWS_CONTAINER_AUTHORIZATION_TOKEN*, and AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN; false drops them for the agent's -register and its run"`
 	EndpointSSM         string        `envconfig:"AWS_ENDPOINT_URL_SSM" desc:"SSM endpoint override (standard AWS SDK variable); also given to the agent"`
+	EndpointECS         string        `envconfig:"AWS_ENDPOINT_URL_ECS" desc:"ECS endpoint override (standard AWS SDK variable), for the orphan sweep's DescribeTasks"`
 	Endpoint            string        `envconfig:"AWS_ENDPOINT_URL" desc:"endpoint override for every AWS service (standard AWS SDK variable)"`
 	MetadataURI         string        `envconfig:"ECS_CONTAINER_METADATA_URI_V4" desc:"set by ECS; task metadata for the instance name and tags"`
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
@@ -41,6 +40,12 @@ type Warning struct {
 	Attrs []any
 }
 
+// MinStopTimeoutSSM is the least BASTION_STOP_TIMEOUT with SSM on: what
+// cmd/bastion's stop plan needs after SIGTERM besides the optional steps
+// (1 s exit margin, 1.5 s for the process sweep, ssm.DeregisterFloor for the
+// deregistration). cmd/bastion's tests check the sum.
+const MinStopTimeoutSSM = 5 * time.Second
+
 // Load reads and validates the environment. The key variables are removed
 // from the process environment before it returns, whatever the outcome.
 // Nothing here talks to AWS: every error comes before any side effect.
@@ -64,8 +69,6 @@ func Load() (*Config, error) {
 	cfg.Env = env
 	return cfg, nil
 }
-
-var tagPart = regexp.MustCompile(`^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$`)
 
 func (c *Config) validate(e *Env) error {
 	if _, _, err := net.SplitHostPort(e.SSHAddr); err != nil {
@@ -161,22 +164,25 @@ func (c *Config) validate(e *Env) error {
 	default:
 		return errors.New("entrypoint: BASTION_SSM: want auto, on or off")
 	}
-	if c.SSM {
-		if e.Region == "" {
-			return errors.New("entrypoint: AWS_REGION: required when SSM is on (INSTANCE_IAM_ROLE is set)")
-		}
-		if len(e.InstanceIAMRole) > 64 || strings.ContainsAny(e.InstanceIAMRole, ": ") {
-			return errors.New("entrypoint: INSTANCE_IAM_ROLE: want an IAM role name or path/name (not an ARN), at most 64 characters")
-		}
-		if len(e.InstanceName) > 256 || !tagPart.MatchString(e.InstanceName) {
-			return errors.New("entrypoint: INSTANCE_NAME: at most 256 letters, digits, spaces and _.:/=+-@")
-		}
-	}
 	tags, err := parseTags(e.SSMTags)
 	if err != nil {
 		return fmt.Errorf("entrypoint: BASTION_SSM_TAGS: %w", err)
 	}
 	c.SSMTags = tags
+	if c.SSM {
+		if e.Region == "" {
+			return errors.New("entrypoint: AWS_REGION: required when SSM is on (INSTANCE_IAM_ROLE is set)")
+		}
+		if e.StopTimeout < MinStopTimeoutSSM {
+			return fmt.Errorf("entrypoint: BASTION_STOP_TIMEOUT: must be at least %v with SSM on: the stop needs that to deregister the managed instance, sweep processes and exit before ECS's SIGKILL", MinStopTimeoutSSM)
+		}
+		// The service's rules have one home, in ssm.
+		sc := ssm.Config{Region: e.Region, IAMRole: e.InstanceIAMRole, InstanceName: e.InstanceName, LogGroup: e.LogGroup,
+			Tags: tags, OrphanAfter: e.OrphanAfter}
+		if err := sc.Validate(); err != nil {
+			return fmt.Errorf("entrypoint: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -238,6 +238,36 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"entrypoint: BASTION_ALLOW: entry 1"},
 		},
 		{
+			name: "ssm rules come from ssm: log group",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1", "CLOUDWATCH_RECEIVER_LOG_GROUP": `a"b`},
+			wantErr: []string{"entrypoint: ssm: CLOUDWATCH_RECEIVER_LOG_GROUP"},
+		},
+		{
+			name: "ssm rules come from ssm: instance name",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1", "INSTANCE_NAME": "jump#1"},
+			wantErr: []string{"entrypoint: ssm: INSTANCE_NAME"},
+		},
+		{
+			name: "ssm rules come from ssm: role as ARN",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "arn:aws:iam::123456789012:role/x", "AWS_REGION": "eu-west-1"},
+			wantErr: []string{"entrypoint: ssm: INSTANCE_IAM_ROLE", "not an ARN"},
+		},
+		{
+			name: "stop timeout too short to deregister",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1", "BASTION_STOP_TIMEOUT": "4s", "BASTION_DRAIN_TIMEOUT": "1s"},
+			wantErr: []string{"entrypoint: BASTION_STOP_TIMEOUT: must be at least 5s with SSM on"},
+		},
+		{
+			name: "orphan threshold too short",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"INSTANCE_IAM_ROLE": "bastion-ssm", "AWS_REGION": "eu-west-1", "BASTION_SSM_ORPHAN_AFTER": "5m"},
+			wantErr: []string{"BASTION_SSM_ORPHAN_AFTER must be at least 10m0s"},
+		},
+		{
 			name: "drain not shorter than stop",
 			env: map[string]string{
 				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),

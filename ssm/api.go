@@ -10,11 +10,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/smithy-go"
 )
 
-// API is the subset of the SSM client the lifecycle calls; tests fake it.
+// API is the subset of the SSM client the package calls (SessionOwner's
+// DescribeSessions included); tests aim the real client at test/fakessm.
 type API interface {
 	GetServiceSetting(ctx context.Context, in *awsssm.GetServiceSettingInput, optFns ...func(*awsssm.Options)) (*awsssm.GetServiceSettingOutput, error)
 	CreateActivation(ctx context.Context, in *awsssm.CreateActivationInput, optFns ...func(*awsssm.Options)) (*awsssm.CreateActivationOutput, error)
@@ -22,11 +24,28 @@ type API interface {
 	DescribeActivations(ctx context.Context, in *awsssm.DescribeActivationsInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeActivationsOutput, error)
 	DescribeInstanceInformation(ctx context.Context, in *awsssm.DescribeInstanceInformationInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeInstanceInformationOutput, error)
 	DeregisterManagedInstance(ctx context.Context, in *awsssm.DeregisterManagedInstanceInput, optFns ...func(*awsssm.Options)) (*awsssm.DeregisterManagedInstanceOutput, error)
+	ListTagsForResource(ctx context.Context, in *awsssm.ListTagsForResourceInput, optFns ...func(*awsssm.Options)) (*awsssm.ListTagsForResourceOutput, error)
+	DescribeSessions(ctx context.Context, in *awsssm.DescribeSessionsInput, optFns ...func(*awsssm.Options)) (*awsssm.DescribeSessionsOutput, error)
 }
 
 var _ API = (*awsssm.Client)(nil)
 
-// Retry policy of the real client. Every call also runs under its own
+// TaskAPI is the ECS call the orphan sweep makes to prove that the task
+// behind an instance has stopped.
+type TaskAPI interface {
+	DescribeTasks(ctx context.Context, in *ecs.DescribeTasksInput, optFns ...func(*ecs.Options)) (*ecs.DescribeTasksOutput, error)
+}
+
+var _ TaskAPI = (*ecs.Client)(nil)
+
+// Clients are the AWS clients a Lifecycle uses. A nil ECS turns the orphan
+// sweep off: without it no death can be proved.
+type Clients struct {
+	SSM API
+	ECS TaskAPI
+}
+
+// Retry policy of the real clients. Every call also runs under its own
 // context deadline (callTimeout), which bounds the retries.
 const (
 	maxAttempts = 10
@@ -36,17 +55,35 @@ const (
 	attemptTimeout = 8 * time.Second
 )
 
-// NewAPI builds the SSM client: the SDK's default credential chain (ECS task
-// role on Fargate), cfg.Region, and the SDK's standard endpoint overrides
-// (AWS_ENDPOINT_URL_SSM, AWS_ENDPOINT_URL, shared config), which it reads
+// NewClients builds the SSM and ECS clients from one AWS configuration: the
+// SDK's default credential chain (ECS task role on Fargate), cfg.Region,
+// and the SDK's standard endpoint overrides (AWS_ENDPOINT_URL_SSM,
+// AWS_ENDPOINT_URL_ECS, AWS_ENDPOINT_URL, shared config), which it reads
 // itself. Retries use the adaptive mode (client-side rate limiting on
 // throttles) with exponential jittered backoff.
+func NewClients(ctx context.Context, cfg Config) (Clients, error) {
+	awsCfg, err := loadAWSConfig(ctx, cfg.Region)
+	if err != nil {
+		return Clients{}, err
+	}
+	return Clients{SSM: awsssm.NewFromConfig(awsCfg), ECS: ecs.NewFromConfig(awsCfg)}, nil
+}
+
+// NewAPI builds the SSM client alone, as NewClients does.
 func NewAPI(ctx context.Context, cfg Config) (API, error) {
-	if cfg.Region == "" {
-		return nil, fmt.Errorf("ssm: AWS_REGION is required")
+	awsCfg, err := loadAWSConfig(ctx, cfg.Region)
+	if err != nil {
+		return nil, err
+	}
+	return awsssm.NewFromConfig(awsCfg), nil
+}
+
+func loadAWSConfig(ctx context.Context, region string) (aws.Config, error) {
+	if region == "" {
+		return aws.Config{}, fmt.Errorf("ssm: AWS_REGION is required")
 	}
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx,
-		awsconfig.WithRegion(cfg.Region),
+		awsconfig.WithRegion(region),
 		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(attemptTimeout)),
 		awsconfig.WithRetryer(func() aws.Retryer {
 			return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
@@ -59,9 +96,9 @@ func NewAPI(ctx context.Context, cfg Config) (API, error) {
 		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("ssm: load AWS config: %w", err)
+		return aws.Config{}, fmt.Errorf("ssm: load AWS config: %w", err)
 	}
-	return awsssm.NewFromConfig(awsCfg), nil
+	return awsCfg, nil
 }
 
 // errorCode returns the service's error code of err, or "".

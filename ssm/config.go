@@ -1,19 +1,3 @@
-// Package ssm runs the hybrid-activation lifecycle of an ECS/Fargate bastion:
-// it registers the container with AWS Systems Manager as a managed instance
-// (mi-…), renders the agent's configuration, runs amazon-ssm-agent as a
-// supervised child, and deregisters the instance on shutdown.
-//
-// The package replaces the run.sh of the seed article (aws ssm
-// create-activation, amazon-ssm-agent -register, aws ssm delete-activation,
-// trap … deregister-managed-instance) with a bounded, logged sequence:
-//
-//	preflight → orphan sweep → stale registration → render agent config
-//	→ CreateActivation → amazon-ssm-agent -register -y → DeleteActivation
-//	→ start agent → wait for PingStatus Online
-//
-// It imports no other package of the project; cmd/bastion hands it a Config,
-// an API (see NewAPI) and a Starter backed by the supervisor, which owns
-// wait4.
 package ssm
 
 import (
@@ -67,6 +51,11 @@ const (
 	DefaultRestarts       = 3
 	DefaultRestartBackoff = 2 * time.Second
 
+	// MinOrphanAfter is the least ConnectionLost time that makes an
+	// instance an orphan candidate: two of the agent's 5-minute ping
+	// intervals, so that one missed ping never does.
+	MinOrphanAfter = 10 * time.Minute
+
 	// MaxActivationTTL is the service's limit: an activation can expire at
 	// most 30 days ahead. The model documents no minimum; the activation is
 	// deleted right after the registration anyway.
@@ -99,7 +88,8 @@ type Config struct {
 	// Manager needs "advanced" for mi- instances). False: warn and go on.
 	RequireAdvancedTier bool
 	// OrphanSweep deregisters, at Start, instances of the same ECS cluster and
-	// family whose PingStatus is ConnectionLost since at least OrphanAfter.
+	// family whose PingStatus is ConnectionLost since at least OrphanAfter
+	// (at least MinOrphanAfter) and whose ECS task has stopped.
 	OrphanSweep bool
 	OrphanAfter time.Duration
 	// ReadyTimeout bounds the wait for PingStatus Online after the agent
@@ -189,19 +179,27 @@ var instanceIDPattern = regexp.MustCompile(`^mi-[0-9a-f]{17}$`)
 // logGroupPattern is CloudWatch Logs' pattern for log group names.
 var logGroupPattern = regexp.MustCompile(`^[.\-_/#A-Za-z0-9]{1,512}$`)
 
-// validate reports the first unusable field, naming its variable.
-func (c Config) validate() error {
+// Validate reports the first unusable field, naming its variable, by the
+// service's rules (IamRole a role name of at most 64 characters;
+// DefaultInstanceName and tags at most 256 and 128/256 characters of
+// letters, digits, spaces and _.:/=+-@). It is the one copy of these rules:
+// entrypoint calls it before any AWS call, Start again. Zero durations
+// count as their defaults.
+func (c Config) Validate() error {
 	if c.Region == "" {
 		return fmt.Errorf("ssm: AWS_REGION is required")
 	}
-	if c.IAMRole == "" {
-		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE is required")
+	if err := checkIAMRole(c.IAMRole); err != nil {
+		return err
 	}
-	if utf8.RuneCountInString(c.IAMRole) > 64 || strings.Contains(c.IAMRole, ":") {
-		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name (not an ARN) of at most 64 characters")
+	if utf8.RuneCountInString(c.InstanceName) > 256 || !tagPattern.MatchString(c.InstanceName) {
+		return fmt.Errorf("ssm: INSTANCE_NAME must have at most 256 letters, digits, spaces and _.:/=+-@")
 	}
 	if c.LogGroup != "" && !logGroupPattern.MatchString(c.LogGroup) {
 		return fmt.Errorf("ssm: CLOUDWATCH_RECEIVER_LOG_GROUP is not a valid log group name")
+	}
+	if c.OrphanAfter != 0 && c.OrphanAfter < MinOrphanAfter {
+		return fmt.Errorf("ssm: BASTION_SSM_ORPHAN_AFTER must be at least %v (two of the agent's 5-minute pings), so a live task's missed ping never gets it deregistered", MinOrphanAfter)
 	}
 	if c.ActivationTTL > MaxActivationTTL {
 		return fmt.Errorf("ssm: activation TTL %v exceeds the service's maximum of 30 days", c.ActivationTTL)
@@ -210,6 +208,20 @@ func (c Config) validate() error {
 		if err := CheckUserTag(k, v); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkIAMRole: CreateActivation's IamRole is a role name (with its path,
+// if any) of at most 64 characters; an ARN is the common mistake.
+func checkIAMRole(role string) error {
+	switch {
+	case role == "":
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE is required")
+	case strings.Contains(role, ":"):
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name (or path/name), not an ARN")
+	case utf8.RuneCountInString(role) > 64:
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name of at most 64 characters")
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package ssm
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -9,40 +10,41 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 )
 
+// maxInstancePages bounds one listing (50 instances a page): a token that
+// keeps coming back in a cycle cannot keep it going forever.
+const maxInstancePages = 200
+
 // ListInstances pages through DescribeInstanceInformation with filters and
 // returns the instances keep accepts (nil keep: all). Each page gets its
-// own timeout when perCall > 0. A page token seen before ends the listing,
-// so a misbehaving endpoint cannot keep it going forever. Errors are the
-// SDK's, unwrapped: callers say what they were doing.
+// own timeout when perCall > 0. Errors are the SDK's, unwrapped: callers
+// say what they were doing. It is the one listing of instances, for the
+// lifecycle and for "bastion ssh-config".
 func ListInstances(ctx context.Context, api API, filters []types.InstanceInformationStringFilter, perCall time.Duration,
 	keep func(types.InstanceInformation) bool) ([]types.InstanceInformation, error) {
+	pages := awsssm.NewDescribeInstanceInformationPaginator(api,
+		&awsssm.DescribeInstanceInformationInput{Filters: filters, MaxResults: aws.Int32(50)},
+		func(o *awsssm.DescribeInstanceInformationPaginatorOptions) { o.StopOnDuplicateToken = true })
 	var out []types.InstanceInformation
-	var token *string
-	seen := map[string]bool{}
-	for {
+	for page := 0; pages.HasMorePages(); page++ {
+		if page == maxInstancePages {
+			return nil, fmt.Errorf("more than %d pages of instances", maxInstancePages)
+		}
 		pctx, cancel := ctx, context.CancelFunc(func() {})
 		if perCall > 0 {
 			pctx, cancel = context.WithTimeout(ctx, perCall)
 		}
-		page, err := api.DescribeInstanceInformation(pctx, &awsssm.DescribeInstanceInformationInput{
-			Filters: filters, MaxResults: aws.Int32(50), NextToken: token,
-		})
+		resp, err := pages.NextPage(pctx)
 		cancel()
 		if err != nil {
 			return nil, err
 		}
-		for _, ii := range page.InstanceInformationList {
+		for _, ii := range resp.InstanceInformationList {
 			if keep == nil || keep(ii) {
 				out = append(out, ii)
 			}
 		}
-		next := aws.ToString(page.NextToken)
-		if next == "" || seen[next] {
-			return out, nil
-		}
-		seen[next] = true
-		token = page.NextToken
 	}
+	return out, nil
 }
 
 // IsAccessDenied reports whether err is the service refusing the caller's

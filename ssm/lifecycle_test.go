@@ -4,17 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
-	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"github.com/bastion-dev/bastion/test/fakeecs"
+	"github.com/bastion-dev/bastion/test/fakessm"
 )
 
 func TestStartHappyPath(t *testing.T) {
@@ -23,7 +24,16 @@ func TestStartHappyPath(t *testing.T) {
 		c.LogGroup = "/bastion/agent"
 		c.Endpoint = "http://127.0.0.1:4566"
 	})
-	h.api.onlineAfter = 2
+	// Online at the third readiness poll.
+	h.st.noPing = true
+	var polls atomic.Int32
+	h.srv.After("DescribeInstanceInformation", func(r fakessm.Request) {
+		if strings.Contains(r.Body, `"InstanceIds"`) && polls.Add(1) == 2 {
+			if reg, err := readRegistration(filepath.Join(h.root, RegistrationFile)); err == nil {
+				h.srv.SetPing(reg.ManagedInstanceID, t0)
+			}
+		}
+	})
 	if err := os.MkdirAll(filepath.Join(h.root, IPCDir, "health"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -32,41 +42,40 @@ func TestStartHappyPath(t *testing.T) {
 		t.Fatalf("Start: %v\n%s", err, h.logs)
 	}
 	id := h.l.InstanceID()
-	if id != "mi-00000000000000001" {
+	if !instanceIDPattern.MatchString(id) {
 		t.Fatalf("InstanceID = %q", id)
 	}
-	act := "00000000-0000-0000-0000-000000000001"
+	act := argAfter(h.st.args[0], "-id")
 	want := []string{
 		"GetServiceSetting /ssm/managed-instance/activation-tier",
 		"DescribeInstanceInformation tag:bastion:ecs-cluster", // orphan sweep
 		"CreateActivation",
-		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // duplicates
 		"DeleteActivation " + act,
-		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // late duplicates
+		"DescribeActivations DefaultInstanceName=bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0", // duplicates, once
 		"DescribeInstanceInformation InstanceIds",
 		"DescribeInstanceInformation InstanceIds",
 		"DescribeInstanceInformation InstanceIds",
 	}
-	if got := h.api.Calls(); !slices.Equal(got, want) {
+	if got := calls(h.srv); !slices.Equal(got, want) {
 		t.Errorf("calls:\n got %q\nwant %q", got, want)
 	}
 
-	in := h.api.createIn
-	if aws.ToString(in.IamRole) != "bastion-ssm" || aws.ToInt32(in.RegistrationLimit) != 1 {
-		t.Errorf("CreateActivation role %q limit %d", aws.ToString(in.IamRole), aws.ToInt32(in.RegistrationLimit))
+	in, ok := h.srv.Activation(act)
+	if !ok || in.IamRole != "bastion-ssm" || in.RegistrationLimit != 1 || !in.Deleted {
+		t.Errorf("activation %+v", in)
 	}
-	if got := aws.ToString(in.DefaultInstanceName); got != "bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0" {
-		t.Errorf("DefaultInstanceName = %q", got)
+	if in.DefaultInstanceName != "bastion-0f1e2d3c4b5a69788796a5b4c3d2e1f0" {
+		t.Errorf("DefaultInstanceName = %q", in.DefaultInstanceName)
 	}
-	if got := aws.ToString(in.Description); !regexp.MustCompile(`^bastion arn:aws:ecs:us-east-1:123456789012:task/ops/0f1e2d3c4b5a69788796a5b4c3d2e1f0 run [0-9a-f]{16}$`).MatchString(got) {
-		t.Errorf("Description = %q", got)
+	if !regexp.MustCompile(`^bastion arn:aws:ecs:us-east-1:123456789012:task/ops/0f1e2d3c4b5a69788796a5b4c3d2e1f0 run [0-9a-f]{16}$`).MatchString(in.Description) {
+		t.Errorf("Description = %q", in.Description)
 	}
-	if got := aws.ToTime(in.ExpirationDate); !got.Equal(t0.Add(time.Hour)) {
-		t.Errorf("ExpirationDate = %v", got)
+	if !in.ExpirationDate.Equal(t0.Add(time.Hour)) {
+		t.Errorf("ExpirationDate = %v", in.ExpirationDate)
 	}
 	tags := map[string]string{}
 	for _, tg := range in.Tags {
-		tags[aws.ToString(tg.Key)] = aws.ToString(tg.Value)
+		tags[tg.Key] = tg.Value
 	}
 	wantTags := map[string]string{
 		TagCluster:   "ops",
@@ -80,12 +89,9 @@ func TestStartHappyPath(t *testing.T) {
 	}
 
 	// Registration command and agent start.
-	wantArgs := [][]string{
-		{"-register", "-code", testCode, "-id", act, "-region", "us-east-1", "-y"},
-		{},
-	}
-	if len(h.st.args) != 2 || !slices.Equal(h.st.args[0], wantArgs[0]) || len(h.st.args[1]) != 0 {
-		t.Errorf("agent invocations = %q, want %q", h.st.args, wantArgs)
+	wantArgs := []string{"-register", "-code", h.st.codes()[0], "-id", act, "-region", "us-east-1", "-y"}
+	if len(h.st.args) != 2 || !slices.Equal(h.st.args[0], wantArgs) || len(h.st.args[1]) != 0 {
+		t.Errorf("agent invocations = %q, want %q and none", h.st.args, wantArgs)
 	}
 	if h.exists(IPCDir) {
 		t.Errorf("stale IPC directory not removed")
@@ -107,7 +113,7 @@ func TestStartHappyPath(t *testing.T) {
 	if !strings.Contains(string(b), `data-log-group="/bastion/agent"`) {
 		t.Errorf("seelog without log group:\n%s", b)
 	}
-	if left := h.api.leftovers(); !slices.Equal(left, []string{"instance " + id}) {
+	if left := leftovers(h.srv); !slices.Equal(left, []string{"instance " + id}) {
 		t.Errorf("state after Start = %v", left)
 	}
 
@@ -137,7 +143,7 @@ func TestStartHappyPath(t *testing.T) {
 	if err := h.l.Deregister(sctx); err != nil {
 		t.Errorf("Deregister: %v", err)
 	}
-	if left := h.api.leftovers(); len(left) != 0 {
+	if left := leftovers(h.srv); len(left) != 0 {
 		t.Errorf("left after shutdown: %v", left)
 	}
 	if h.exists(RegistrationFile) {
@@ -163,21 +169,21 @@ func mapsEqual(a, b map[string]string) bool {
 func TestStartNotOnECS(t *testing.T) {
 	h := newHarness(t, func(c *Config) {
 		c.MetadataURI = ""
-		c.InstanceName = "  jump host #1  "
+		c.InstanceName = "  jump host 1  "
 	})
 	if err := h.l.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range h.api.Calls() {
+	for _, c := range calls(h.srv) {
 		if strings.Contains(c, "tag:") {
 			t.Errorf("orphan sweep off ECS: %s", c)
 		}
 	}
-	in := h.api.createIn
-	if got := aws.ToString(in.DefaultInstanceName); got != "jump host -1" {
-		t.Errorf("DefaultInstanceName = %q", got)
+	in, _ := h.srv.Activation(argAfter(h.st.args[0], "-id"))
+	if in.DefaultInstanceName != "jump host 1" {
+		t.Errorf("DefaultInstanceName = %q", in.DefaultInstanceName)
 	}
-	if len(in.Tags) != 1 || aws.ToString(in.Tags[0].Key) != TagManagedBy {
+	if len(in.Tags) != 1 || in.Tags[0].Key != TagManagedBy {
 		t.Errorf("tags = %v", in.Tags)
 	}
 }
@@ -188,9 +194,9 @@ func TestStartPreflight(t *testing.T) {
 		name       string
 		optOut     bool
 		tier       string
-		errs       map[string]error
-		wantErr    []string // substrings; nil = success
-		activation bool     // CreateActivation called
+		errs       map[string]string // op → error code of every call
+		wantErr    []string          // substrings; nil = success
+		activation bool              // CreateActivation called
 	}{
 		{
 			name: "standard tier", tier: "standard",
@@ -200,21 +206,21 @@ func TestStartPreflight(t *testing.T) {
 		},
 		{name: "standard tier, opted out", tier: "standard", optOut: true, activation: true},
 		{
-			name: "get setting denied", errs: map[string]error{"GetServiceSetting": apiErr("AccessDeniedException")},
+			name: "get setting denied", errs: map[string]string{"GetServiceSetting": "AccessDeniedException"},
 			wantErr: []string{"access denied", "ssm:GetServiceSetting"},
 		},
 		{
 			name: "get setting denied, opted out", optOut: true, activation: true,
-			errs: map[string]error{"GetServiceSetting": apiErr("AccessDeniedException")},
+			errs: map[string]string{"GetServiceSetting": "AccessDeniedException"},
 		},
 		{
 			name: "create activation denied", activation: true,
-			errs:    map[string]error{"CreateActivation": apiErr("AccessDeniedException")},
+			errs:    map[string]string{"CreateActivation": "AccessDeniedException"},
 			wantErr: []string{"ssm: create activation: access denied", "ssm:CreateActivation", `iam:PassRole on role "bastion-ssm"`},
 		},
 		{
 			name: "sweep denied is not fatal", activation: true,
-			errs: map[string]error{"DescribeInstanceInformation": apiErr("AccessDeniedException")},
+			errs: map[string]string{"DescribeInstanceInformation": "AccessDeniedException"},
 			// Readiness is denied too: that is fatal.
 			wantErr: []string{"wait for agent online", "ssm:DescribeInstanceInformation"},
 		},
@@ -222,9 +228,11 @@ func TestStartPreflight(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.RequireAdvancedTier = !tt.optOut })
-			h.api.tier, h.api.tierARN = tt.tier, tierARN
-			for k, v := range tt.errs {
-				h.api.errs[k] = v
+			if tt.tier != "" {
+				h.srv.SetServiceSetting(fakessm.ActivationTierSetting, tt.tier)
+			}
+			for op, code := range tt.errs {
+				fail(h.srv, op, 0, code)
 			}
 			err := h.l.Start(context.Background())
 			if tt.wantErr == nil {
@@ -240,11 +248,14 @@ func TestStartPreflight(t *testing.T) {
 						t.Errorf("error %q lacks %q", err, s)
 					}
 				}
-				if left := h.api.leftovers(); len(left) != 0 {
+				if err := h.shutdown(t); err != nil {
+					t.Errorf("Deregister: %v", err)
+				}
+				if left := leftovers(h.srv); len(left) != 0 {
 					t.Errorf("left behind: %v", left)
 				}
 			}
-			if got := slices.Contains(h.api.Calls(), "CreateActivation"); got != tt.activation {
+			if got := slices.Contains(calls(h.srv), "CreateActivation"); got != tt.activation {
 				t.Errorf("CreateActivation called = %v, want %v", got, tt.activation)
 			}
 		})
@@ -258,7 +269,7 @@ func TestStartRegistrationFailures(t *testing.T) {
 		wantErr string
 	}{
 		{"refused", "refused", "exited with code 1: Registration failed due to error registering the instance with AWS SSM. InvalidActivation"},
-		{"id mismatch", "mismatch", `registration file names "mi-00000000000000001" but amazon-ssm-agent reported "mi-0123456789abcdef0"`},
+		{"id mismatch", "mismatch", `but amazon-ssm-agent reported "mi-0123456789abcdef0"`},
 		{"no success line", "noline", "did not report a managed instance id"},
 		{"registered but not persisted", "persistfail", "Registration failed due to error persisting"},
 	}
@@ -270,10 +281,13 @@ func TestStartRegistrationFailures(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), "ssm: register: ") {
 				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
 			}
-			if !slices.Contains(h.api.Calls(), "DeleteActivation 00000000-0000-0000-0000-000000000001") {
-				t.Errorf("DeleteActivation not called: %q", h.api.Calls())
+			if !slices.Contains(calls(h.srv), "DeleteActivation "+argAfter(h.st.args[0], "-id")) {
+				t.Errorf("DeleteActivation not called: %q", calls(h.srv))
 			}
-			if left := h.api.leftovers(); len(left) != 0 {
+			if err := h.shutdown(t); err != nil {
+				t.Errorf("Deregister: %v", err)
+			}
+			if left := leftovers(h.srv); len(left) != 0 {
 				t.Errorf("left behind: %v", left)
 			}
 			if h.exists(RegistrationFile) {
@@ -298,7 +312,7 @@ func TestStartReadiness(t *testing.T) {
 		{
 			name: "timeout",
 			setup: func(h *harness) context.Context {
-				h.api.onlineAfter = -1
+				h.st.noPing = true
 				h.l.cfg.ReadyTimeout = 50 * time.Millisecond
 				return context.Background()
 			},
@@ -307,7 +321,7 @@ func TestStartReadiness(t *testing.T) {
 		{
 			name: "agent exits",
 			setup: func(h *harness) context.Context {
-				h.api.onlineAfter = -1
+				h.st.noPing = true
 				h.st.agent = func(int) *fakeProc { p := newFakeProc(7); p.exit(0); return p }
 				return context.Background()
 			},
@@ -316,7 +330,7 @@ func TestStartReadiness(t *testing.T) {
 		{
 			name: "context cancelled",
 			setup: func(h *harness) context.Context {
-				h.api.onlineAfter = -1
+				h.st.noPing = true
 				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 				h.l.cfg.ReadyTimeout = time.Hour
 				_ = cancel
@@ -341,45 +355,86 @@ func TestStartReadiness(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Start error = %v, want %q", err, tt.wantErr)
 			}
-			if left := h.api.leftovers(); len(left) != 0 {
-				t.Errorf("left behind: %v", left)
-			}
-			if !slices.Contains(h.api.Calls(), "DeregisterManagedInstance mi-00000000000000001") {
-				t.Errorf("no deregistration: %q", h.api.Calls())
-			}
-			for _, c := range h.api.doneCtx {
-				if !strings.HasPrefix(c, "DescribeInstanceInformation InstanceIds") {
-					t.Errorf("cleanup call with a done context: %v", c)
-				}
-			}
-			if p := h.st.lastAgent(); p != nil && p.Stops() == 0 {
-				t.Errorf("agent not stopped")
-			}
-			if h.exists(RegistrationFile) || h.l.InstanceID() != "" {
-				t.Errorf("registration left: file %v, id %q", h.exists(RegistrationFile), h.l.InstanceID())
-			}
 			if err := h.l.Run(context.Background()); err == nil {
 				t.Errorf("Run after failed Start succeeded")
+			}
+			if len(leftovers(h.srv)) != 1 {
+				t.Errorf("Start cleaned up itself (or did not register): %v", leftovers(h.srv))
+			}
+			if err := h.shutdown(t); err != nil {
+				t.Errorf("Deregister: %v", err)
+			}
+			if left := leftovers(h.srv); len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+			if n := h.srv.Calls("DeregisterManagedInstance"); n != 1 {
+				t.Errorf("%d deregistrations: %q", n, calls(h.srv))
+			}
+			if n := h.srv.Calls("DescribeInstanceInformation") - readinessPolls(h.srv); n != 1 {
+				t.Errorf("instances listed %d times besides readiness: the confirmed id needs no lookup", n)
+			}
+			for _, c := range h.api.calledDone() {
+				if c != "DescribeInstanceInformation" {
+					t.Errorf("call with a done context: %v", c)
+				}
+			}
+			if p := h.st.lastAgent(); p != nil {
+				select {
+				case <-p.Done():
+				default:
+					t.Errorf("agent not stopped")
+				}
+			}
+			if h.exists(RegistrationFile) {
+				t.Errorf("registration file left")
 			}
 		})
 	}
 }
 
+// readinessPolls counts DescribeInstanceInformation calls by InstanceIds.
+func readinessPolls(srv *fakessm.Server) int {
+	n := 0
+	for _, c := range calls(srv) {
+		if c == "DescribeInstanceInformation InstanceIds" {
+			n++
+		}
+	}
+	return n
+}
+
 func TestStartStaleRegistration(t *testing.T) {
+	const old = "mi-0aaaaaaaaaaaaaaaa"
+	ourTask := fakeecs.DefaultTask().TaskARN
 	tests := []struct {
 		name   string
-		exists bool // the old instance still exists at the service
 		file   string
+		seed   *fakessm.Instance // the old instance at the service
+		online bool
+		dereg  bool // the old instance is deregistered
 	}{
-		{"old instance exists", true, `{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaaa","Region":"us-east-1"}`},
-		{"old instance gone", false, `{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaaa","Region":"us-east-1"}`},
-		{"garbage file", false, `{not json`},
+		{name: "ConnectionLost, any tags", seed: &fakessm.Instance{Tags: []fakessm.Tag{{Key: TagTaskARN, Value: "other"}}}, dereg: true},
+		{name: "Online, tagged with this task", seed: &fakessm.Instance{Tags: []fakessm.Tag{{Key: TagTaskARN, Value: ourTask}}}, online: true, dereg: true},
+		{name: "Online, another task's", online: true, seed: &fakessm.Instance{Tags: []fakessm.Tag{
+			{Key: TagCluster, Value: "prod"}, {Key: TagTaskARN, Value: "arn:aws:ecs:us-east-1:123456789012:task/prod/1"}}}},
+		{name: "Online, untagged", online: true, seed: &fakessm.Instance{}},
+		{name: "gone"},
+		{name: "another region", file: `{"ManagedInstanceID":"` + old + `","Region":"eu-west-1"}`, seed: &fakessm.Instance{}},
+		{name: "garbage file", file: `{not json`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
-			if tt.exists {
-				h.api.addInstance("mi-0aaaaaaaaaaaaaaaa")
+			if tt.seed != nil {
+				in := *tt.seed
+				in.InstanceID = old
+				if tt.online {
+					in.LastPing = t0
+				}
+				h.srv.AddInstance(in)
+			}
+			if tt.file == "" {
+				tt.file = `{"ManagedInstanceID":"` + old + `","Region":"us-east-1"}`
 			}
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
@@ -389,80 +444,172 @@ func TestStartStaleRegistration(t *testing.T) {
 			if err := h.l.Start(context.Background()); err != nil {
 				t.Fatalf("Start: %v", err)
 			}
-			calls := h.api.Calls()
-			dereg := slices.Index(calls, "DeregisterManagedInstance mi-0aaaaaaaaaaaaaaaa")
-			if json.Valid([]byte(tt.file)) != (dereg >= 0) {
-				t.Errorf("calls %q", calls)
+			before := calls(h.srv)
+			dereg := slices.Index(before, "DeregisterManagedInstance "+old)
+			if tt.dereg != (dereg >= 0) {
+				t.Errorf("deregistered %v, want %v: %q", dereg >= 0, tt.dereg, before)
 			}
-			if dereg > slices.Index(calls, "CreateActivation") {
-				t.Errorf("stale instance deregistered after CreateActivation: %q", calls)
+			if dereg > slices.Index(before, "CreateActivation") {
+				t.Errorf("stale instance deregistered after CreateActivation: %q", before)
 			}
-			if left := h.api.leftovers(); !slices.Equal(left, []string{"instance mi-00000000000000001"}) {
-				t.Errorf("state = %v", left)
+			want := []string{"instance " + h.l.InstanceID()}
+			if tt.seed != nil && !tt.dereg {
+				want = append(want, "instance "+old)
+				slices.Sort(want)
+			}
+			if left := leftovers(h.srv); !slices.Equal(left, want) {
+				t.Errorf("state = %v, want %v", left, want)
 			}
 			reg, err := readRegistration(p)
-			if err != nil || reg.ManagedInstanceID != "mi-00000000000000001" {
+			if err != nil || reg.ManagedInstanceID != h.l.InstanceID() {
 				t.Errorf("registration file = %+v, %v", reg, err)
+			}
+			// Deregister never touches the old instance: clearStale decided.
+			if err := h.shutdown(t); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range calls(h.srv)[len(before):] {
+				if strings.Contains(c, old) {
+					t.Errorf("old instance handled at shutdown: %s", c)
+				}
 			}
 		})
 	}
+	t.Run("stopped while deregistering: file kept", func(t *testing.T) {
+		h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
+		h.srv.AddInstance(fakessm.Instance{InstanceID: old})
+		p := filepath.Join(h.root, RegistrationFile)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		file := `{"ManagedInstanceID":"` + old + `","Region":"us-east-1"}`
+		os.WriteFile(p, []byte(file), 0o600)
+		h.srv.DelayNext("DeregisterManagedInstance", -1, time.Minute)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			for h.srv.Calls("DeregisterManagedInstance") == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			cancel() // SIGTERM while the call hangs
+		}()
+		err := h.l.Start(ctx)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Start = %v", err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != file {
+			t.Errorf("registration file %q, want it kept", b)
+		}
+		if n := h.srv.Calls("CreateActivation"); n != 0 {
+			t.Errorf("went on after SIGTERM")
+		}
+		if err := h.shutdown(t); err != nil {
+			t.Errorf("Deregister: %v", err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != file {
+			t.Errorf("registration file %q after Deregister, want it kept for the next start", b)
+		}
+	})
 }
 
 func TestOrphanSweep(t *testing.T) {
-	ago := func(d time.Duration) *time.Time { x := t0.Add(-d); return &x }
-	ii := func(id string, ps types.PingStatus, lastPing, registered *time.Time) types.InstanceInformation {
-		return types.InstanceInformation{InstanceId: aws.String(id), PingStatus: ps, LastPingDateTime: lastPing, RegistrationDate: registered}
-	}
+	ago := func(d time.Duration) time.Time { return t0.Add(-d) }
 	h := newHarness(t, nil)
-	h.api.sweepPages = map[string]*awsssm.DescribeInstanceInformationOutput{
-		"": {
-			InstanceInformationList: []types.InstanceInformation{
-				ii("mi-00000000000000a01", types.PingStatusOnline, ago(time.Hour), nil),         // online: untouched
-				ii("mi-00000000000000a02", types.PingStatusConnectionLost, ago(time.Hour), nil), // orphan
-				ii("mi-00000000000000a03", types.PingStatusConnectionLost, ago(5*time.Minute), nil),
-				ii("mi-00000000000000a04", types.PingStatusConnectionLost, ago(15*time.Minute), nil), // exactly at threshold
-			},
-			NextToken: aws.String("page2"),
-		},
-		"page2": {
-			InstanceInformationList: []types.InstanceInformation{
-				ii("mi-00000000000000b01", types.PingStatusConnectionLost, nil, ago(2*time.Hour)), // never pinged
-				ii("mi-00000000000000b02", types.PingStatusConnectionLost, nil, nil),
-				ii("i-0123456789abcdef0", types.PingStatusConnectionLost, ago(time.Hour), nil), // EC2
-				ii("mi-00000000000000b03", types.PingStatusInactive, ago(time.Hour), nil),
-			},
-			NextToken: aws.String("page2"), // a looping token must not loop
-		},
+	task := func(n int) string { return fmt.Sprintf("arn:aws:ecs:us-east-1:123456789012:task/ops/%032x", n) }
+	stopped, running, forgotten := task(1), task(2), task(3)
+	h.ecs.SetTaskStatus(stopped, fakeecs.StatusStopped)
+	h.ecs.SetTaskStatus(running, fakeecs.StatusRunning)
+	add := func(id string, ping time.Time, status string, registered time.Time, taskARN string) {
+		tags := []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}}
+		if taskARN != "" {
+			tags = append(tags, fakessm.Tag{Key: TagTaskARN, Value: taskARN})
+		}
+		h.srv.AddInstance(fakessm.Instance{InstanceID: id, LastPing: ping, PingStatus: status, RegistrationDate: registered, Tags: tags})
 	}
-	for _, id := range []string{"mi-00000000000000a01", "mi-00000000000000a02", "mi-00000000000000a03", "mi-00000000000000a04", "mi-00000000000000b01", "mi-00000000000000b02", "mi-00000000000000b03"} {
-		h.api.addInstance(id)
+	add("mi-00000000000000a01", time.Time{}, fakessm.PingOnline, ago(time.Hour), stopped)       // online: untouched
+	add("mi-00000000000000a02", ago(time.Hour), "", time.Time{}, stopped)                       // orphan of a stopped task
+	add("mi-00000000000000a03", ago(5*time.Minute), "", time.Time{}, stopped)                   // lost too recently
+	add("mi-00000000000000a04", ago(15*time.Minute), "", time.Time{}, forgotten)                // at the threshold, task forgotten by ECS
+	add("mi-00000000000000a05", ago(time.Hour), "", time.Time{}, running)                       // pings failing, task alive
+	add("mi-00000000000000a06", ago(time.Hour), "", time.Time{}, "")                            // no task tag
+	add("mi-00000000000000a07", ago(time.Hour), "", time.Time{}, fakeecs.DefaultTask().TaskARN) // this task's
+	add("mi-00000000000000b01", time.Time{}, "", ago(2*time.Hour), stopped)                     // never pinged
+	add("mi-00000000000000b02", time.Time{}, "", time.Time{}, stopped)                          // registered just now
+	add("mi-00000000000000b03", time.Time{}, fakessm.PingInactive, ago(time.Hour), stopped)     // inactive
+	h.srv.AddInstance(fakessm.Instance{InstanceID: "i-0123456789abcdef0", ResourceType: "EC2Instance", LastPing: ago(time.Hour),
+		Tags: []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}, {Key: TagTaskARN, Value: stopped}}})
+	h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-00000000000000c01", LastPing: ago(time.Hour),
+		Tags: []fakessm.Tag{{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "other"}, {Key: TagTaskARN, Value: stopped}}})
+	// Enough Online siblings for a second page.
+	for i := 0; i < 50; i++ {
+		add(fmt.Sprintf("mi-00000000000001%03d", i), time.Time{}, fakessm.PingOnline, ago(time.Hour), running)
 	}
-	h.l.task = &taskMeta{Cluster: "ops", Family: "bastion"}
+	h.l.task = &taskMeta{Cluster: "ops", Family: "bastion", TaskARN: fakeecs.DefaultTask().TaskARN}
 	h.l.sweepOrphans(context.Background())
 
 	var deregistered []string
-	for _, c := range h.api.Calls() {
+	for _, c := range calls(h.srv) {
 		if id, ok := strings.CutPrefix(c, "DeregisterManagedInstance "); ok {
 			deregistered = append(deregistered, id)
 		}
 	}
 	want := []string{"mi-00000000000000a02", "mi-00000000000000a04", "mi-00000000000000b01"}
+	slices.Sort(deregistered)
 	if !slices.Equal(deregistered, want) {
 		t.Errorf("deregistered %q, want %q", deregistered, want)
 	}
-	if len(h.api.describeIn) != 2 {
-		t.Fatalf("%d describe calls, want 2 pages", len(h.api.describeIn))
+	if n := h.ecs.APICalls("DescribeTasks"); n != 1 {
+		t.Errorf("%d DescribeTasks calls, want one for all candidates", n)
 	}
-	in := h.api.describeIn[0]
-	if len(in.Filters) != 2 || aws.ToString(in.Filters[0].Key) != "tag:"+TagCluster || in.Filters[0].Values[0] != "ops" ||
-		aws.ToString(in.Filters[1].Key) != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" {
-		t.Errorf("filters = %+v", in.Filters)
+	var pages []fakessm.Request
+	for _, r := range h.srv.Requests() {
+		if r.Op == "DescribeInstanceInformation" {
+			pages = append(pages, r)
+		}
 	}
-	if in.InstanceInformationFilterList != nil {
-		t.Errorf("legacy filter list mixed in")
+	if len(pages) != 2 || !strings.Contains(pages[1].Body, `"NextToken"`) {
+		t.Fatalf("describe calls %+v, want 2 pages", pages)
 	}
-	if aws.ToString(h.api.describeIn[1].NextToken) != "page2" {
-		t.Errorf("second page not requested with its token")
+	var in struct {
+		Filters []struct {
+			Key    string
+			Values []string
+		}
+		InstanceInformationFilterList any
+	}
+	if err := json.Unmarshal([]byte(pages[0].Body), &in); err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Filters) != 2 || in.Filters[0].Key != "tag:"+TagCluster || in.Filters[0].Values[0] != "ops" ||
+		in.Filters[1].Key != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" || in.InstanceInformationFilterList != nil {
+		t.Errorf("request %s", pages[0].Body)
+	}
+	for _, r := range h.logs.records(t) {
+		if r["msg"] == "orphan candidate's task still runs; left alone" && r["instance_id"] != "mi-00000000000000a05" {
+			t.Errorf("kept as alive: %v", r)
+		}
+	}
+}
+
+// TestOrphanSweepWithoutProof: when ECS cannot be asked, nothing is
+// deregistered on time alone.
+func TestOrphanSweepWithoutProof(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		setup func(h *harness)
+	}{
+		{"DescribeTasks denied", func(h *harness) { h.ecs.FailNext(1, "AccessDeniedException") }},
+		{"no ECS client", func(h *harness) { h.l.tasks = nil }},
+		{"tags not readable", func(h *harness) { fail(h.srv, "ListTagsForResource", 0, "AccessDeniedException") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-00000000000000a02", LastPing: t0.Add(-time.Hour), Tags: []fakessm.Tag{
+				{Key: TagCluster, Value: "ops"}, {Key: TagFamily, Value: "bastion"}, {Key: TagTaskARN, Value: "arn:aws:ecs:us-east-1:123456789012:task/ops/dead"}}})
+			tt.setup(h)
+			h.l.task = &taskMeta{Cluster: "ops", Family: "bastion", TaskARN: fakeecs.DefaultTask().TaskARN}
+			h.l.sweepOrphans(context.Background())
+			if n := h.srv.Calls("DeregisterManagedInstance"); n != 0 {
+				t.Errorf("deregistered without proof of death")
+			}
+		})
 	}
 }
 
@@ -574,50 +721,80 @@ func TestDeregister(t *testing.T) {
 	tests := []struct {
 		name    string
 		exists  bool
-		err     error
+		fails   int    // DeregisterManagedInstance calls that fail, -1 all
+		code    string // their error
 		wantErr string
-		file    bool // registration file removed
+		file    bool // registration file kept
 	}{
-		{name: "registered", exists: true, file: false},
-		{name: "already gone", exists: false, file: false},
-		{name: "denied", exists: true, err: apiErr("AccessDeniedException"), wantErr: "ssm:DeregisterManagedInstance", file: true},
-		{name: "throttled", exists: true, err: apiErr("ThrottlingException"), wantErr: "ssm: deregister managed instance: ", file: true},
+		{name: "registered", exists: true},
+		{name: "already gone", exists: false},
+		{name: "denied", exists: true, fails: -1, code: "AccessDeniedException", wantErr: "ssm:DeregisterManagedInstance", file: true},
+		{name: "throttled to the end", exists: true, fails: -1, code: "ThrottlingException", wantErr: "gave up after", file: true},
+		// More failures than the SDK's own attempts: retried while time remains.
+		{name: "throttled for a while", exists: true, fails: 3 * maxAttempts, code: "ThrottlingException"},
+		{name: "server errors for a while", exists: true, fails: 3 * maxAttempts, code: "InternalServerError"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, nil)
 			const id = "mi-0bbbbbbbbbbbbbbbb"
 			if tt.exists {
-				h.api.addInstance(id)
+				h.srv.AddInstance(fakessm.Instance{InstanceID: id})
 			}
-			h.api.errs["DeregisterManagedInstance"] = tt.err
-			h.l.instanceID = id
+			if tt.fails != 0 {
+				h.srv.Inject("DeregisterManagedInstance", fakessm.Fault{Count: max(tt.fails, 0), Code: tt.code})
+			}
+			h.l.instanceID, h.l.ids, h.l.confirmed, h.l.registering = id, []string{id}, true, true
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
 			os.WriteFile(p, []byte(`{"ManagedInstanceID":"`+id+`","Region":"us-east-1"}`), 0o600)
-			err := h.l.Deregister(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			err := h.l.Deregister(ctx)
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Fatalf("Deregister = %v, want %q", err, tt.wantErr)
 			}
 			if h.exists(RegistrationFile) != tt.file {
 				t.Errorf("registration file exists = %v", !tt.file)
 			}
+			if tt.fails > 0 && h.srv.FaultsServed("DeregisterManagedInstance") != tt.fails {
+				t.Errorf("faults served %d, want %d", h.srv.FaultsServed("DeregisterManagedInstance"), tt.fails)
+			}
+			if tt.code == "AccessDeniedException" && h.srv.Calls("DeregisterManagedInstance") != 1 {
+				t.Errorf("a refusal was retried")
+			}
 		})
 	}
-	t.Run("from file without Start", func(t *testing.T) {
+	t.Run("a stale file is not this run's", func(t *testing.T) {
 		h := newHarness(t, nil)
-		h.api.addInstance("mi-0cccccccccccccccc")
+		h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-0cccccccccccccccc"})
 		p := filepath.Join(h.root, RegistrationFile)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte(`{"ManagedInstanceID":"mi-0cccccccccccccccc","Region":"us-east-1"}`), 0o600)
-		if err := h.l.Deregister(context.Background()); err != nil || len(h.api.leftovers()) != 0 {
-			t.Errorf("Deregister = %v, left %v", err, h.api.leftovers())
+		if err := h.l.Deregister(context.Background()); err != nil || len(calls(h.srv)) != 0 || !h.exists(RegistrationFile) {
+			t.Errorf("Deregister = %v, calls %q, file kept %v", err, calls(h.srv), h.exists(RegistrationFile))
 		}
 	})
 	t.Run("nothing registered", func(t *testing.T) {
 		h := newHarness(t, nil)
-		if err := h.l.Deregister(context.Background()); err != nil || len(h.api.Calls()) != 0 {
-			t.Errorf("Deregister = %v, calls %q", err, h.api.Calls())
+		if err := h.l.Deregister(context.Background()); err != nil || len(calls(h.srv)) != 0 {
+			t.Errorf("Deregister = %v, calls %q", err, calls(h.srv))
+		}
+	})
+	t.Run("each instance gets its own share", func(t *testing.T) {
+		h := newHarness(t, nil)
+		const hung, second = "mi-0dddddddddddddddd", "mi-0eeeeeeeeeeeeeeee"
+		h.srv.AddInstance(fakessm.Instance{InstanceID: hung})
+		h.srv.AddInstance(fakessm.Instance{InstanceID: second})
+		h.srv.DelayNext("DeregisterManagedInstance", 1, time.Minute) // the first call hangs
+		h.l.ids, h.l.callTimeout = []string{hung, second}, time.Minute
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := h.l.Deregister(ctx); err != nil {
+			t.Fatalf("Deregister = %v", err)
+		}
+		if left := leftovers(h.srv); len(left) != 0 {
+			t.Errorf("left %v: the hung call ate the others' time", left)
 		}
 	})
 }
@@ -635,6 +812,11 @@ func TestConfigValidate(t *testing.T) {
 		{"no role", func(c *Config) { c.IAMRole = "" }, "INSTANCE_IAM_ROLE is required"},
 		{"role arn", func(c *Config) { c.IAMRole = "arn:aws:iam::1:role/x" }, "not an ARN"},
 		{"role too long", func(c *Config) { c.IAMRole = long }, "at most 64"},
+		{"role of 64 characters", func(c *Config) { c.IAMRole = strings.Repeat("é", 64) }, ""},
+		{"name", func(c *Config) { c.InstanceName = "踏み台 jump-1_a.b:c/d=e+f@g" }, ""},
+		{"name of 256 characters", func(c *Config) { c.InstanceName = strings.Repeat("é", 256) }, ""},
+		{"name too long", func(c *Config) { c.InstanceName = strings.Repeat("x", 257) }, "INSTANCE_NAME"},
+		{"name with a bad character", func(c *Config) { c.InstanceName = "jump#1" }, "INSTANCE_NAME"},
 		{"bad log group", func(c *Config) { c.LogGroup = `a"b` }, "CLOUDWATCH_RECEIVER_LOG_GROUP"},
 		{"ttl too long", func(c *Config) { c.ActivationTTL = 31 * 24 * time.Hour }, "30 days"},
 		{"reserved tag", func(c *Config) { c.Tags = map[string]string{TagCluster: "x"} }, "reserved"},
@@ -648,7 +830,7 @@ func TestConfigValidate(t *testing.T) {
 			c := DefaultConfig()
 			c.Region, c.IAMRole = "us-east-1", "r"
 			tt.mut(&c)
-			err := c.withDefaults().validate()
+			err := c.withDefaults().Validate()
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Errorf("validate = %v, want %q", err, tt.wantErr)
 			}
@@ -689,15 +871,15 @@ func TestDefaults(t *testing.T) {
 func TestAgentNotFound(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.AgentPath = "no-such-amazon-ssm-agent" })
 	err := h.l.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "ssm: agent executable") || len(h.api.Calls()) != 0 {
-		t.Errorf("Start = %v, calls %q", err, h.api.Calls())
+	if err == nil || !strings.Contains(err.Error(), "ssm: agent executable") || len(calls(h.srv)) != 0 {
+		t.Errorf("Start = %v, calls %q", err, calls(h.srv))
 	}
 }
 
 func TestStartTaskMetadataFailure(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MetadataURI += "/missing" })
 	err := h.l.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "ssm: ECS task metadata: GET /task: 404") || len(h.api.Calls()) != 0 {
-		t.Errorf("Start = %v, calls %q", err, h.api.Calls())
+	if err == nil || !strings.Contains(err.Error(), "ssm: ECS task metadata: GET /task: 404") || len(calls(h.srv)) != 0 {
+		t.Errorf("Start = %v, calls %q", err, calls(h.srv))
 	}
 }

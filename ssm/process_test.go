@@ -13,6 +13,10 @@ import (
 	"time"
 )
 
+// testCode stands for an activation code in tests that run a shell as the
+// agent.
+const testCode = "SECRETCODE0123456789abcdef"
+
 // shellStarter runs script with /bin/sh in place of the agent, keeping the
 // pipe and process attributes the lifecycle set. Only tests call Wait.
 type shellStarter struct {
@@ -79,7 +83,7 @@ echo "2025-01-02 03:04:05.0000 ERROR code=` + testCode + `" >&2
 printf 'no newline at end'
 (sleep 30 &)
 exit 3`}
-	l := New(Config{}, nil, st, slog.New(slog.NewJSONHandler(logs, nil)))
+	l := New(Config{}, Clients{}, st, slog.New(slog.NewJSONHandler(logs, nil)))
 	l.drainDelay = 50 * time.Millisecond
 	var lines []string
 	p, out, err := l.startLogged(exec.Command("/nonexistent/amazon-ssm-agent"), "register", testCode, func(s string) { lines = append(lines, s) })
@@ -127,7 +131,7 @@ echo "2025-01-02 03:04:05.0000 INFO Successfully registered the instance with AW
 `}
 	t.Setenv("ROOT", h.root)
 	h.l.agentPath = h.agent
-	id, _, err := h.l.register(context.Background(), "act-1", testCode)
+	id, err := h.l.register(context.Background(), &activation{id: "act-1", code: testCode})
 	if err != nil || id != "mi-0123456789abcdef0" {
 		t.Fatalf("register = %q, %v\n%s", id, err, h.logs)
 	}
@@ -144,7 +148,7 @@ func TestStartLoggedKeepsOutputOfExitedChild(t *testing.T) {
 		st := &shellStarter{t: t, script: `i=0; while [ $i -lt ` + strconv.Itoa(lines) + ` ]; do echo "2025-01-02 03:04:05.0000 INFO line $i"; i=$((i+1)); done
 (sleep 30 &)
 printf 'last, no newline'`}
-		l := New(Config{}, nil, st, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+		l := New(Config{}, Clients{}, st, slog.New(slog.NewJSONHandler(io.Discard, nil)))
 		l.drainDelay = 0
 		var got []string
 		_, out, err := l.startLogged(exec.Command("/nonexistent/amazon-ssm-agent"), "register", "", func(s string) { got = append(got, s) })

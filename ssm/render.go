@@ -167,3 +167,25 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	}
 	return nil
 }
+
+// renderConfig writes the agent's seelog.xml and amazon-ssm-agent.json. It
+// runs before "-register", which reads Ssm.Endpoint too.
+func (l *Lifecycle) renderConfig() error {
+	seelog, err := RenderSeelog(l.cfg.LogGroup)
+	if err != nil {
+		return err
+	}
+	agentCfg, err := RenderAgentConfig(l.cfg.Region, l.cfg.Endpoint)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(l.path(SeelogPath), seelog, 0o644); err != nil {
+		return fmt.Errorf("ssm: write seelog config: %w", err)
+	}
+	if err := writeFileAtomic(l.path(AgentConfigPath), agentCfg, 0o644); err != nil {
+		return fmt.Errorf("ssm: write agent config: %w", err)
+	}
+	l.log.Info("agent config rendered", "step", "config", "seelog", SeelogPath, "agent_config", AgentConfigPath,
+		"cloudwatch_log_group", l.cfg.LogGroup, "ssm_endpoint", l.cfg.Endpoint)
+	return nil
+}

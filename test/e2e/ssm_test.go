@@ -68,6 +68,13 @@ func (e *ssmEnv) start(t *testing.T, extra map[string]string) *harness.Bastion {
 // startWith starts the bastion under init (nil: the bastion is PID 1).
 func (e *ssmEnv) startWith(t *testing.T, extra map[string]string, init []string) *harness.Bastion {
 	t.Helper()
+	o := e.options(t, extra)
+	o.Init = init
+	return harness.StartBastion(t, e.dir, o)
+}
+
+// options runs the bastion in this world, with extra variables.
+func (e *ssmEnv) options(t *testing.T, extra map[string]string) harness.BastionOptions {
 	env := map[string]string{
 		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":      harness.B64(e.user.Pub),
 		"SSH_PRIVATE_HOST_KEY_BASE64ENCODED":     harness.B64(e.host.PEM(t)),
@@ -76,6 +83,7 @@ func (e *ssmEnv) startWith(t *testing.T, extra map[string]string, init []string)
 		"AWS_ACCESS_KEY_ID":                      fakessm.DefaultAccessKeyID,
 		"AWS_SECRET_ACCESS_KEY":                  fakessm.DefaultSecretAccessKey,
 		"AWS_ENDPOINT_URL_SSM":                   e.api.URL(),
+		"AWS_ENDPOINT_URL_ECS":                   e.ecs.URL(),
 		"ECS_CONTAINER_METADATA_URI_V4":          e.ecs.URI(),
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/task-role-secret",
 		"FAKE_AGENT_STOP_DELAY":                  "1s",
@@ -86,9 +94,7 @@ func (e *ssmEnv) startWith(t *testing.T, extra map[string]string, init []string)
 	for k, v := range extra {
 		env[k] = v
 	}
-	return harness.StartBastion(t, e.dir, harness.BastionOptions{
-		Env: env, Binds: e.binds, PathPrefix: e.agent, Init: init,
-	})
+	return harness.BastionOptions{Env: env, Binds: e.binds, PathPrefix: e.agent}
 }
 
 // leaks counts what a stopped bastion must never leave behind.
@@ -421,11 +427,15 @@ func TestSSMFaults(t *testing.T) {
 				if op == "DeregisterManagedInstance" {
 					inject()
 				}
-				b.Terminate()
-				if code := b.Wait(30 * time.Second); code != 0 {
+				code, took := terminate(t, b, 20*time.Second)
+				row(t, op+" "+f+" once, then SIGTERM when Online", code, took, e)
+				if code != 0 {
 					t.Fatalf("exit %d:\n%s", code, b.Log.String())
 				}
 				e.assertNoLeaks(t)
+				if n := e.api.FaultsServed(op); n != 1 {
+					t.Fatalf("%s: %d injected faults served, want 1: the fault never fired", op, n)
+				}
 			})
 		}
 	}
@@ -524,5 +534,8 @@ func TestSSMFiftyBastions(t *testing.T) {
 	t.Logf("50 bastions under 10 req/s: all registered and deregistered; %d requests throttled; leaks: %d activations, %d instances", throttled, a, in)
 	if a != 0 || in != 0 {
 		t.Fatalf("leaked %d activations and %d instances", a, in)
+	}
+	if throttled == 0 {
+		t.Fatalf("no request was throttled: the test did not run under the rate limit it claims")
 	}
 }

@@ -546,14 +546,18 @@ func TestFaultModes(t *testing.T) {
 		e := newEnv(t)
 		id, code := e.activation(1)
 		a := e.start("", []string{"FAKE_AGENT_MODE=register-hang"}, "-register", "-code", code, "-id", id, "-region", "us-east-1", "-y")
-		time.Sleep(1500 * time.Millisecond) // RSA key generation comes first
-		if a.exited() {
-			t.Fatalf("register-hang exited:\n%s", a.output())
-		}
-		if e.srv.Calls("RegisterManagedInstance") != 0 {
-			t.Error("hung registration reached the API")
-		}
+		waitFor(t, "the hang to begin", 20*time.Second, func() bool {
+			return strings.Contains(a.output(), "registration hangs") || a.exited()
+		})
+		// Killed while hanging: the exit is SIGKILL's, not the agent's own,
+		// and the call never reached the API.
 		_ = a.cmd.Process.Kill()
-		a.wait(t, 5*time.Second)
+		<-a.done
+		if ws, ok := a.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("register-hang exited on its own (%v):\n%s", a.cmd.ProcessState, a.output())
+		}
+		if n := e.srv.Calls("RegisterManagedInstance"); n != 0 {
+			t.Errorf("hung registration reached the API %d times", n)
+		}
 	})
 }

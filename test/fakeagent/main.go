@@ -71,6 +71,7 @@ func main() {
 		os.Exit(runWorker())
 	}
 	reportExecMask()
+	reportCredentialVars()
 	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
 	fs.Usage = flagUsage
 	fs.BoolVar(&register, "register", false, "")
@@ -191,4 +192,29 @@ func reportExecMask() {
 	}
 	sort.Slice(fds, func(i, j int) bool { a, _ := strconv.Atoi(fds[i]); b, _ := strconv.Atoi(fds[j]); return a < b })
 	fmt.Fprintf(os.Stderr, "fake-agent exec state: SigBlk=%s SigIgn=%s fds=%s\n", blk, ign, strings.Join(fds, ","))
+}
+
+// credentialVars are the variables through which an AWS SDK (the real
+// agent's included) finds credentials other than its own on-prem identity.
+var credentialVars = []string{
+	"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+	"AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+	"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+	"AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+}
+
+// reportCredentialVars prints the names (never the values) of the AWS
+// credential variables this process was started with, so tests can check
+// what its parent let through.
+func reportCredentialVars() {
+	var set []string
+	for _, name := range credentialVars {
+		if _, ok := os.LookupEnv(name); ok {
+			set = append(set, name)
+		}
+	}
+	if len(set) == 0 {
+		set = []string{"none"}
+	}
+	fmt.Fprintf(os.Stderr, "fake-agent credential variables: %s\n", strings.Join(set, ","))
 }

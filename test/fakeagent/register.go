@@ -91,7 +91,10 @@ func registerManagedInstance() (string, error) {
 
 	m := modes()
 	if _, ok := m["register-hang"]; ok {
-		select {} // as if the API call never returned
+		// As if the API call never returned; the line (not the real
+		// agent's) tells tests the hang has begun.
+		fmt.Println("fake-agent: registration hangs (FAKE_AGENT_MODE=register-hang)")
+		select {}
 	}
 	if _, ok := m["refuse-register"]; ok {
 		host := "ssm." + region + ".amazonaws.com"

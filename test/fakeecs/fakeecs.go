@@ -1,7 +1,8 @@
-// Package fakeecs is a stand-in for the ECS task metadata endpoint v4
-// ($ECS_CONTAINER_METADATA_URI_V4), which only exists inside ECS tasks.
-// It serves <uri> (this container) and <uri>/task with the shapes Fargate
-// returns; everything else is 404.
+// Package fakeecs is a stand-in for ECS as a task sees it: the task
+// metadata endpoint v4 ($ECS_CONTAINER_METADATA_URI_V4), which only exists
+// inside ECS tasks, serving <uri> (this container) and <uri>/task with the
+// shapes Fargate returns (everything else is 404); and, on the same server,
+// the ECS API's DescribeTasks (see api.go).
 package fakeecs
 
 import (
@@ -65,9 +66,16 @@ type Server struct {
 
 	mu     sync.Mutex
 	task   Task
-	status int           // non-zero: answer every request with this status
-	delay  time.Duration // wait before answering (ends with the request)
+	status int           // non-zero: answer every metadata request with this status
+	delay  time.Duration // wait before answering metadata (ends with the request)
 	calls  map[string]int
+
+	// The API side (api.go).
+	statuses  map[string]string // task ARN → lastStatus
+	faults    []string
+	apiDelay  time.Duration
+	apiDelays int
+	apiCalls  map[string]int
 }
 
 // New starts a server for task. The container served at URI() is the first
@@ -77,7 +85,7 @@ func New(task Task) *Server {
 	if len(task.Containers) == 0 {
 		task.Containers = DefaultTask().Containers
 	}
-	s := &Server{task: task, calls: map[string]int{}}
+	s := &Server{task: task, calls: map[string]int{}, statuses: map[string]string{}, apiCalls: map[string]int{}}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -102,14 +110,14 @@ func (s *Server) SetTask(task Task) {
 	s.task = task
 }
 
-// Fail makes every request answer status (e.g. 500); 0 restores normal answers.
+// Fail makes every metadata request answer status (e.g. 500); 0 restores normal answers.
 func (s *Server) Fail(status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.status = status
 }
 
-// Delay makes every answer wait d (0 = none), ending early if the client gives up.
+// Delay makes every metadata answer wait d (0 = none), ending early if the client gives up.
 func (s *Server) Delay(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -140,6 +148,10 @@ func (s *Server) basePath() string {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.Path == "/" && r.Header.Get("X-Amz-Target") != "" {
+		s.serveAPI(w, r)
+		return
+	}
 	base := s.basePath()
 	suffix, ok := strings.CutPrefix(r.URL.Path, base)
 	if !ok {

@@ -9,24 +9,31 @@ import (
 
 // State is what GET /_fake/state returns.
 type State struct {
-	Region      string            `json:"region"`
-	Activations []Activation      `json:"activations"`
-	Instances   []Instance        `json:"instances"`
-	Calls       map[string]int    `json:"calls"`
-	Requests    []Request         `json:"requests"`
-	Settings    map[string]string `json:"settings"`
+	Region      string         `json:"region"`
+	Activations []Activation   `json:"activations"`
+	Instances   []Instance     `json:"instances"`
+	Calls       map[string]int `json:"calls"`
+	// FaultsServed counts calls that met an injected fault or delay, by op.
+	FaultsServed map[string]int    `json:"faultsServed"`
+	Requests     []Request         `json:"requests"`
+	Settings     map[string]string `json:"settings"`
+	Sessions     []Session         `json:"sessions"`
 }
 
 // Snapshot returns the whole inspectable state at once.
 func (s *Server) Snapshot() State {
 	// Empty lists, not null, for consumers in other languages.
 	st := State{Region: s.opts.Region, Activations: append([]Activation{}, s.Activations()...),
-		Instances: s.Instances(), Requests: append([]Request{}, s.Requests()...)}
+		Instances: s.Instances(), Requests: append([]Request{}, s.Requests()...), Sessions: s.Sessions()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st.Calls = make(map[string]int, len(s.calls))
 	for k, v := range s.calls {
 		st.Calls[k] = v
+	}
+	st.FaultsServed = make(map[string]int, len(s.served))
+	for k, v := range s.served {
+		st.FaultsServed[k] = v
 	}
 	st.Settings = make(map[string]string, len(s.settings))
 	for k, v := range s.settings {
@@ -47,6 +54,11 @@ type (
 		Op       string `json:"op"`
 		Duration string `json:"duration"`
 		Count    int    `json:"count"` // 0 = every call
+		// After: the call takes effect at once, only its answer waits
+		// (DelayResponse). Lands: it takes effect after the wait even if
+		// its client gave up (DelayEffect).
+		After bool `json:"after,omitempty"`
+		Lands bool `json:"lands,omitempty"`
 	}
 	// RateLimitRequest: POST /_fake/ratelimit.
 	RateLimitRequest struct {
@@ -56,6 +68,11 @@ type (
 	SettingRequest struct {
 		SettingID string `json:"settingId"`
 		Value     string `json:"value"`
+	}
+	// EndSessionRequest: POST /_fake/session/end. (POST /_fake/session
+	// takes a Session and starts it, answering the stored one.)
+	EndSessionRequest struct {
+		SessionID string `json:"sessionId"`
 	}
 	// PingRequest: POST /_fake/ping. Sets LastPing to Time (RFC 3339) or to
 	// now minus Ago (Go duration); Status, if set, forces the PingStatus.
@@ -98,7 +115,14 @@ func (s *Server) controlHandler() http.Handler {
 		if n <= 0 {
 			n = -1
 		}
-		s.DelayNext(req.Op, n, d)
+		mode := delayCall
+		switch {
+		case req.After:
+			mode = delayResponse
+		case req.Lands:
+			mode = delayEffect
+		}
+		s.setDelay(req.Op, n, d, mode)
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("POST /_fake/ratelimit", func(w http.ResponseWriter, r *http.Request) {
@@ -131,6 +155,29 @@ func (s *Server) controlHandler() http.Handler {
 		}
 		if err := s.applyPing(req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("POST /_fake/session", func(w http.ResponseWriter, r *http.Request) {
+		var req Session
+		if !readJSON(w, r, &req) {
+			return
+		}
+		se, err := s.StartSession(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, http.StatusOK, se)
+	})
+	mux.HandleFunc("POST /_fake/session/end", func(w http.ResponseWriter, r *http.Request) {
+		var req EndSessionRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if err := s.EndSession(req.SessionID); err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

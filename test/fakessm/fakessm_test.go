@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -499,6 +500,51 @@ func TestFaultInjection(t *testing.T) {
 		}
 		srv.ClearFaults()
 	})
+	t.Run("faults served are counted", func(t *testing.T) {
+		before := srv.FaultsServed("GetServiceSetting")
+		srv.FailNext("GetServiceSetting", 1, "ThrottlingException")
+		if _, err := c.GetServiceSetting(ctx, &ssm.GetServiceSettingInput{SettingId: aws.String(fakessm.ActivationTierSetting)}); err != nil {
+			t.Fatal(err)
+		}
+		if n := srv.FaultsServed("GetServiceSetting") - before; n != 1 {
+			t.Fatalf("faults served = %d, want 1", n)
+		}
+		var marked int
+		for _, r := range srv.Requests() {
+			if r.Op == "GetServiceSetting" && r.Fault == "ThrottlingException" {
+				marked++
+			}
+		}
+		if marked == 0 || srv.Snapshot().FaultsServed["GetServiceSetting"] != srv.FaultsServed("GetServiceSetting") {
+			t.Fatalf("requests marked %d, state %v", marked, srv.Snapshot().FaultsServed)
+		}
+	})
+	t.Run("lost response: the operation took effect", func(t *testing.T) {
+		before := len(srv.Activations())
+		srv.Inject("CreateActivation", fakessm.Fault{Count: 1, Code: "InternalServerError", After: true})
+		out, err := c.CreateActivation(ctx, &ssm.CreateActivationInput{IamRole: aws.String("r"), Description: aws.String("lost")})
+		if err != nil {
+			t.Fatalf("SDK did not retry: %v", err)
+		}
+		var lost []string
+		for _, a := range srv.Activations() {
+			if a.Description == "lost" && a.ActivationID != aws.ToString(out.ActivationId) {
+				lost = append(lost, a.ActivationID)
+			}
+		}
+		if len(srv.Activations())-before != 2 || len(lost) != 1 {
+			t.Fatalf("%d activations created, lost %q; want the retry's and the lost attempt's", len(srv.Activations())-before, lost)
+		}
+	})
+	t.Run("hooks see each answered request", func(t *testing.T) {
+		seen := make(chan fakessm.Request, 1)
+		srv.After("ListTagsForResource", func(r fakessm.Request) { seen <- r })
+		_, _ = c.ListTagsForResource(ctx, &ssm.ListTagsForResourceInput{ResourceType: types.ResourceTypeForTaggingManagedInstance, ResourceId: aws.String("mi-00000000000000000")})
+		r := <-seen
+		if r.ErrorCode != "InvalidResourceId" || !strings.Contains(r.Body, `"mi-00000000000000000"`) {
+			t.Fatalf("hook saw %+v", r)
+		}
+	})
 	t.Run("access denied names the action", func(t *testing.T) {
 		srv.FailNext("CreateActivation", 1, "AccessDeniedException")
 		err := create(ctx)
@@ -528,8 +574,45 @@ func TestFaultInjection(t *testing.T) {
 			t.Fatalf("took %v", time.Since(start))
 		}
 	})
+	t.Run("delayed response: the call took effect", func(t *testing.T) {
+		before := len(srv.Activations())
+		srv.DelayResponse("CreateActivation", 1, time.Minute)
+		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if err := create(cctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if n := len(srv.Activations()) - before; n != 1 {
+			t.Fatalf("%d activations created, want the one whose answer was lost", n)
+		}
+	})
+	t.Run("delayed effect: lands after the client gave up", func(t *testing.T) {
+		before := len(srv.Activations())
+		srv.DelayEffect("CreateActivation", 1, 500*time.Millisecond)
+		cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		if err := create(cctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if n := len(srv.Activations()) - before; n != 0 {
+			t.Fatalf("activation created before the delay ended")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for len(srv.Activations())-before != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal("the call never landed")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 	t.Run("delay next only", func(t *testing.T) {
 		// A delay well above a loaded machine's call time tells the two apart.
+		before := srv.FaultsServed("GetServiceSetting")
+		defer func() {
+			if n := srv.FaultsServed("GetServiceSetting") - before; n != 1 {
+				t.Errorf("delays served %d, want 1", n)
+			}
+		}()
 		srv.DelayNext("GetServiceSetting", 1, time.Second)
 		for i, want := range []time.Duration{time.Second, 0} {
 			start := time.Now()
@@ -802,4 +885,145 @@ func TestDescribeActivations(t *testing.T) {
 			t.Fatalf("Ops() = %v", fakessm.Ops())
 		}
 	})
+}
+
+// TestRegisterInstanceInProcess: the Go API registers like the agent's call,
+// with its errors, and the activation's tags reach the instance.
+func TestRegisterInstanceInProcess(t *testing.T) {
+	srv := fakessm.NewTest(t, fakessm.Options{})
+	a := srv.AddActivation(fakessm.Activation{IamRole: "r", DefaultInstanceName: "jump", Tags: []fakessm.Tag{{Key: "team", Value: "db"}}})
+	if _, err := srv.RegisterInstance(a.ActivationID, "wrong"); err == nil || !strings.HasPrefix(err.Error(), "InvalidActivation: ") {
+		t.Fatalf("wrong code: %v", err)
+	}
+	in, err := srv.RegisterInstance(a.ActivationID, a.ActivationCode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Name != "jump" || in.ActivationID != a.ActivationID || len(in.Tags) != 1 || in.PingStatus != fakessm.PingConnectionLost {
+		t.Fatalf("instance %+v", in)
+	}
+	if _, err := srv.RegisterInstance(a.ActivationID, a.ActivationCode); err == nil || !strings.HasPrefix(err.Error(), "RegistrationLimitExceeded: ") {
+		t.Fatalf("second registration: %v", err)
+	}
+	if got, ok := srv.Activation(a.ActivationID); !ok || got.RegistrationsCount != 1 {
+		t.Fatalf("activation %+v", got)
+	}
+	// Deregistered by someone else: the agent's pings fail.
+	if !srv.RemoveInstance(in.InstanceID) || srv.RemoveInstance(in.InstanceID) {
+		t.Fatal("RemoveInstance")
+	}
+	status, out := rawCall(t, srv.URL(), "UpdateInstanceInformation", map[string]string{"InstanceId": in.InstanceID},
+		in.InstanceID, fakessm.AgentSecret(in.InstanceID), srv.Region())
+	if status != 400 || out["__type"] != "InvalidInstanceId" {
+		t.Fatalf("ping after removal: %d %v", status, out)
+	}
+}
+
+// TestDescribeSessions: the real request and response shapes (AWS-FACTS §7),
+// State Active and History, the filters, paging, sessions made over the
+// admin HTTP API and in Go, and injected faults.
+func TestDescribeSessions(t *testing.T) {
+	srv := fakessm.NewTest(t, fakessm.Options{})
+	c := defaultClient(t, srv)
+	ctx := context.Background()
+	alice, err := srv.StartSession(fakessm.Session{Target: "mi-0123456789abcdef0", Owner: "arn:aws:sts::123456789012:assumed-role/Ops/alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^alice-[0-9a-f]{17}$`).MatchString(alice.SessionID) || alice.Status != "Connected" || alice.DocumentName != "AWS-StartSSHSession" {
+		t.Fatalf("session %+v", alice)
+	}
+	// Over HTTP, as a test driving a separate fake process would.
+	body, _ := json.Marshal(fakessm.Session{SessionID: "bob-00000000000000001", Target: "mi-0123456789abcdef0", Owner: "arn:aws:iam::123456789012:user/bob"})
+	resp, err := http.Post(srv.URL()+"/_fake/session", "application/json", bytes.NewReader(body))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST /_fake/session: %v %v", err, resp)
+	}
+	resp.Body.Close()
+
+	describe := func(state types.SessionState, filters ...types.SessionFilter) []types.Session {
+		t.Helper()
+		out, err := c.DescribeSessions(ctx, &ssm.DescribeSessionsInput{State: state, Filters: filters})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Sessions
+	}
+	byID := types.SessionFilter{Key: types.SessionFilterKeySessionId, Value: aws.String(alice.SessionID)}
+	got := describe(types.SessionStateActive, byID)
+	if len(got) != 1 || aws.ToString(got[0].Owner) != alice.Owner || aws.ToString(got[0].Target) != alice.Target ||
+		got[0].Status != types.SessionStatusConnected || got[0].StartDate == nil || aws.ToString(got[0].DocumentName) != "AWS-StartSSHSession" {
+		t.Fatalf("by id: %+v", got)
+	}
+	if got := describe(types.SessionStateActive); len(got) != 2 {
+		t.Fatalf("all active: %d", len(got))
+	}
+	if got := describe(types.SessionStateActive, types.SessionFilter{Key: types.SessionFilterKeyOwner, Value: aws.String("arn:aws:iam::123456789012:user/bob")}); len(got) != 1 || aws.ToString(got[0].SessionId) != "bob-00000000000000001" {
+		t.Fatalf("by owner: %+v", got)
+	}
+	if got := describe(types.SessionStateActive, types.SessionFilter{Key: types.SessionFilterKeyInvokedAfter, Value: aws.String(time.Now().Add(time.Hour).UTC().Format(time.RFC3339))}); len(got) != 0 {
+		t.Fatalf("invoked after an hour from now: %+v", got)
+	}
+
+	// Ended: no longer Active, in History with an EndDate.
+	end, _ := json.Marshal(fakessm.EndSessionRequest{SessionID: alice.SessionID})
+	if resp, err := http.Post(srv.URL()+"/_fake/session/end", "application/json", bytes.NewReader(end)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("end: %v %v", err, resp)
+	}
+	if got := describe(types.SessionStateActive, byID); len(got) != 0 {
+		t.Fatalf("ended session still active: %+v", got)
+	}
+	if got := describe(types.SessionStateHistory, byID); len(got) != 1 || got[0].Status != types.SessionStatusTerminated || got[0].EndDate == nil {
+		t.Fatalf("history: %+v", got)
+	}
+
+	// The wire: what the SDK sends and the fake's errors.
+	var sent string
+	for _, r := range srv.Requests() {
+		if r.Op == "DescribeSessions" {
+			sent = r.Body
+			break
+		}
+	}
+	if !strings.Contains(sent, `"State":"Active"`) || !strings.Contains(sent, `{"key":"SessionId","value":"`+alice.SessionID+`"}`) {
+		t.Fatalf("request body %s", sent)
+	}
+	status, out := rawCall(t, srv.URL(), "DescribeSessions", map[string]any{"Filters": []any{}}, fakessm.DefaultAccessKeyID, fakessm.DefaultSecretAccessKey, "us-east-1")
+	if status != 400 || out["__type"] != "ValidationException" {
+		t.Fatalf("without State: %d %v", status, out)
+	}
+	status, out = rawCall(t, srv.URL(), "DescribeSessions", map[string]any{"State": "Active", "Filters": []any{map[string]string{"key": "Colour", "value": "x"}}},
+		fakessm.DefaultAccessKeyID, fakessm.DefaultSecretAccessKey, "us-east-1")
+	if status != 400 || out["__type"] != "ValidationException" {
+		t.Fatalf("bad key: %d %v", status, out)
+	}
+
+	// Paging.
+	for i := 0; i < 25; i++ {
+		if _, err := srv.StartSession(fakessm.Session{Target: "mi-0123456789abcdef0", Owner: fmt.Sprintf("arn:aws:iam::123456789012:user/u%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pages := ssm.NewDescribeSessionsPaginator(c, &ssm.DescribeSessionsInput{State: types.SessionStateActive, MaxResults: aws.Int32(10)})
+	n, calls := 0, 0
+	for pages.HasMorePages() {
+		p, err := pages.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, calls = n+len(p.Sessions), calls+1
+	}
+	if n != 26 || calls != 3 {
+		t.Fatalf("%d sessions in %d pages, want 26 in 3", n, calls)
+	}
+
+	// Faults like any other operation.
+	srv.FailNext("DescribeSessions", 1, "AccessDeniedException")
+	if _, err := c.DescribeSessions(ctx, &ssm.DescribeSessionsInput{State: types.SessionStateActive}); apiCode(err) != "AccessDeniedException" ||
+		!strings.Contains(err.Error(), "ssm:DescribeSessions") {
+		t.Fatalf("injected fault: %v", err)
+	}
+	if srv.FaultsServed("DescribeSessions") != 1 || len(srv.Snapshot().Sessions) != 27 {
+		t.Fatalf("served %d, state sessions %d", srv.FaultsServed("DescribeSessions"), len(srv.Snapshot().Sessions))
+	}
 }

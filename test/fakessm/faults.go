@@ -21,6 +21,10 @@ type Fault struct {
 	// Status overrides the HTTP status (default 500 for InternalServerError,
 	// ServiceUnavailable 503, else 400).
 	Status int `json:"status,omitempty"`
+	// After makes the operation take effect first and the fault answer
+	// instead of its response: a response lost on the way back, so a
+	// retried CreateActivation creates a second activation.
+	After bool `json:"after,omitempty"`
 }
 
 type fault struct {
@@ -31,7 +35,17 @@ type fault struct {
 type delay struct {
 	d         time.Duration
 	remaining int // -1 = forever
+	mode      delayMode
 }
+
+// delayMode says what a delayed call does when its client gives up.
+type delayMode int
+
+const (
+	delayCall     delayMode = iota // nothing: the call never happened
+	delayResponse                  // the call took effect at once; only its answer waits
+	delayEffect                    // the call takes effect after the wait all the same
+)
 
 // modeledCodes are SSM's own exception shapes (their body carries "Message").
 var modeledCodes = map[string]bool{
@@ -78,14 +92,30 @@ func (s *Server) ClearFaults() {
 func (s *Server) Delay(op string, d time.Duration) { s.DelayNext(op, -1, d) }
 
 // DelayNext delays only the next n calls to op; n < 0 means all.
-func (s *Server) DelayNext(op string, n int, d time.Duration) {
+func (s *Server) DelayNext(op string, n int, d time.Duration) { s.setDelay(op, n, d, delayCall) }
+
+// DelayResponse makes the next n calls to op (n < 0: all) take effect at
+// once and answer only after d. A client that gives up first gets no answer,
+// but what the call did stays done: a CreateActivation cut short by the
+// caller has still created its activation.
+func (s *Server) DelayResponse(op string, n int, d time.Duration) {
+	s.setDelay(op, n, d, delayResponse)
+}
+
+// DelayEffect makes the next n calls to op (n < 0: all) take effect only
+// after d, even when their client has given up by then: a request still in
+// flight in the service that lands later, e.g. an activation that appears
+// after the caller stopped looking for it.
+func (s *Server) DelayEffect(op string, n int, d time.Duration) { s.setDelay(op, n, d, delayEffect) }
+
+func (s *Server) setDelay(op string, n int, d time.Duration, mode delayMode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d <= 0 || n == 0 {
 		delete(s.delays, op)
 		return
 	}
-	s.delays[op] = &delay{d: d, remaining: n}
+	s.delays[op] = &delay{d: d, remaining: n, mode: mode}
 }
 
 // RateLimit throttles all API calls beyond perSecond (token bucket with a
@@ -124,7 +154,7 @@ func (s *Server) takeToken() bool {
 	return true
 }
 
-func (s *Server) nextDelay(op string) time.Duration {
+func (s *Server) nextDelay(op string) (time.Duration, delayMode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, key := range []string{op, AnyOp} {
@@ -138,12 +168,12 @@ func (s *Server) nextDelay(op string) time.Duration {
 				delete(s.delays, key)
 			}
 		}
-		return d.d
+		return d.d, d.mode
 	}
-	return 0
+	return 0, delayCall
 }
 
-func (s *Server) nextFault(op string) *apiError {
+func (s *Server) nextFault(op string) (_ *apiError, after bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, key := range []string{op, AnyOp} {
@@ -158,9 +188,24 @@ func (s *Server) nextFault(op string) *apiError {
 				s.faults[key] = q[1:]
 			}
 		}
-		return s.faultError(op, f.Fault)
+		return s.faultError(op, f.Fault), f.After
 	}
-	return nil
+	return nil, false
+}
+
+// FaultsServed counts the calls to op that met an injected fault or delay
+// (AnyOp: all ops), so a test can check that what it injected really fired.
+func (s *Server) FaultsServed(op string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if op == AnyOp {
+		n := 0
+		for _, c := range s.served {
+			n += c
+		}
+		return n
+	}
+	return s.served[op]
 }
 
 // faultError builds the response for an injected fault; s.mu is held.

@@ -48,6 +48,7 @@ func init() {
 		"ListTagsForResource":         (*Server).listTagsForResource,
 		"RegisterManagedInstance":     (*Server).registerManagedInstance,
 		"UpdateInstanceInformation":   (*Server).updateInstanceInformation,
+		"DescribeSessions":            (*Server).describeSessions,
 	}
 }
 

@@ -18,7 +18,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -73,11 +72,14 @@ type Server struct {
 	settings    map[string]*setting
 	activations map[string]*Activation // by ActivationID, includes deleted ones
 	instances   map[string]*Instance   // by InstanceID, only registered ones
+	sessions    map[string]*Session    // by SessionId
 	calls       map[string]int
 	requests    []Request
 	faults      map[string][]*fault
+	served      map[string]int // injected faults answered, by op
 	delays      map[string]*delay
 	bucket      *tokenBucket
+	hooks       map[string][]func(Request)
 
 	httpSrv  *http.Server
 	listener net.Listener
@@ -91,6 +93,11 @@ type Request struct {
 	Op          string    `json:"op"`
 	AccessKeyID string    `json:"accessKeyId"` // empty for unsigned calls
 	ErrorCode   string    `json:"errorCode,omitempty"`
+	// Body is the request's JSON input as sent.
+	Body string `json:"body,omitempty"`
+	// Fault is what was injected and served: the code of the fault that
+	// answered it, or "delay".
+	Fault string `json:"fault,omitempty"`
 }
 
 type setting struct {
@@ -125,9 +132,12 @@ func New(opts Options) *Server {
 		settings:    map[string]*setting{},
 		activations: map[string]*Activation{},
 		instances:   map[string]*Instance{},
+		sessions:    map[string]*Session{},
 		calls:       map[string]int{},
 		faults:      map[string][]*fault{},
+		served:      map[string]int{},
 		delays:      map[string]*delay{},
+		hooks:       map[string][]func(Request){},
 	}
 	s.settings[ActivationTierSetting] = &setting{
 		value: opts.ActivationTier, status: statusFor(opts.ActivationTier, "standard"),
@@ -188,10 +198,7 @@ func (s *Server) Close() {
 		return
 	}
 	_ = srv.Close()
-	if err := <-s.serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		// Nothing to report to; the listener is gone either way.
-		_ = err
-	}
+	<-s.serveErr // http.ErrServerClosed; the listener is gone either way
 }
 
 // Handler serves the SSM API on "/" and the control API on "/_fake/".
@@ -248,16 +255,28 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	s.calls[op]++
-	rec := Request{Time: s.opts.Clock(), Op: op, AccessKeyID: akid}
+	rec := Request{Time: s.opts.Clock(), Op: op, AccessKeyID: akid, Body: string(body)}
 	idx := len(s.requests)
 	s.requests = append(s.requests, rec)
 	s.mu.Unlock()
 
-	resp, aerr := s.process(r.Context(), op, akid, body, aerr)
+	resp, fault, aerr := s.process(r.Context(), op, akid, body, aerr)
+	s.mu.Lock()
 	if aerr != nil {
-		s.mu.Lock()
 		s.requests[idx].ErrorCode = aerr.Code
-		s.mu.Unlock()
+	}
+	if fault != "" {
+		s.requests[idx].Fault = fault
+		s.served[op]++
+	}
+	rec = s.requests[idx]
+	hooks := append([]func(Request){}, s.hooks[op]...)
+	hooks = append(hooks, s.hooks[AnyOp]...)
+	s.mu.Unlock()
+	for _, h := range hooks {
+		h(rec)
+	}
+	if aerr != nil {
 		if aerr.Code == "" { // request context ended during a delay: nothing to answer
 			return
 		}
@@ -275,34 +294,68 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 }
 
 // process applies the injected behaviour in the order a real request meets
-// it: authentication, throttling, latency, then the operation itself.
-func (s *Server) process(ctx context.Context, op, akid string, body []byte, authErr *apiError) (any, *apiError) {
+// it: authentication, throttling, latency, then the operation itself. fault
+// names what was injected and served, if anything: the code of a fault that
+// answered, else "delay". A fault injected with After answers only once the
+// operation has taken effect: a response lost on the way back.
+func (s *Server) process(ctx context.Context, op, akid string, body []byte, authErr *apiError) (resp any, fault string, _ *apiError) {
 	if authErr != nil {
-		return nil, authErr
+		return nil, "", authErr
 	}
 	if !s.takeToken() {
-		return nil, errCommon(http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
+		return nil, "", errCommon(http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
 	}
-	if d := s.nextDelay(op); d > 0 {
+	d, mode := s.nextDelay(op)
+	wait := func() bool { // false: the client gave up
+		fault = "delay"
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
 		case <-t.C:
+			return true
 		case <-ctx.Done():
-			return nil, &apiError{} // client gave up; answer nothing
+			if mode == delayEffect {
+				<-t.C // lands all the same, unanswered
+			}
+			return false
 		}
 	}
-	if f := s.nextFault(op); f != nil {
-		return nil, f
+	gone := false // the client gave up during a delayEffect wait
+	if d > 0 && mode != delayResponse && !wait() {
+		if mode == delayCall {
+			return nil, fault, &apiError{} // client gave up; answer nothing
+		}
+		gone = true
+	}
+	f, after := s.nextFault(op)
+	if f != nil && !after {
+		return nil, f.Code, f
 	}
 	var in map[string]json.RawMessage
 	if len(bytes.TrimSpace(body)) == 0 {
 		body = []byte("{}")
 	}
 	if err := json.Unmarshal(body, &in); err != nil {
-		return nil, errCommon(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
+		return nil, fault, errCommon(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
 	}
-	return handlers[op](s, &call{akid: akid, body: body})
+	resp, aerr := handlers[op](s, &call{akid: akid, body: body})
+	if gone || d > 0 && mode == delayResponse && !wait() {
+		return nil, fault, &apiError{} // done, but the answer never arrives
+	}
+	if f != nil && aerr == nil {
+		return nil, f.Code, f
+	}
+	return resp, fault, aerr
+}
+
+// After calls fn with each request to op (or AnyOp) once it has been
+// answered, outside the server's lock: a test can change the state between
+// calls (e.g. mark an instance Online after the third poll). Hooks stay
+// until the server is closed.
+func (s *Server) After(op string, fn func(Request)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hooks[op] = append(s.hooks[op], fn)
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {

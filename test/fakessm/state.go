@@ -3,6 +3,7 @@ package fakessm
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"time"
@@ -90,6 +91,36 @@ func (s *Server) Activations() []Activation {
 	return out
 }
 
+// Activation returns one activation, deleted ones included (Deleted set).
+func (s *Server) Activation(id string) (Activation, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.activations[id]
+	if !ok {
+		return Activation{}, false
+	}
+	c := *a
+	c.Tags = append([]Tag(nil), a.Tags...)
+	return c, true
+}
+
+// RegisterInstance does what the agent's RegisterManagedInstance call does,
+// with the same checks and errors (as "Code: message"), for tests that play
+// the agent in process; test/fakeagent makes the real call over HTTP.
+func (s *Server) RegisterInstance(activationID, activationCode string) (Instance, error) {
+	body, err := json.Marshal(map[string]string{"ActivationId": activationID, "ActivationCode": activationCode,
+		"PublicKey": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA", "PublicKeyType": "Rsa", "Fingerprint": newInstanceID()})
+	if err != nil {
+		return Instance{}, err
+	}
+	out, aerr := s.registerManagedInstance(&call{body: body})
+	if aerr != nil {
+		return Instance{}, aerr
+	}
+	in, _ := s.Instance(out.(map[string]string)["InstanceId"])
+	return in, nil
+}
+
 // Instances returns the registered (not deregistered) instances sorted by id,
 // with PingStatus evaluated now.
 func (s *Server) Instances() []Instance {
@@ -136,6 +167,17 @@ func (s *Server) AddInstance(in Instance) Instance {
 	c := in
 	s.instances[in.InstanceID] = &c
 	return s.snapshot(&c)
+}
+
+// RemoveInstance deregisters an instance as someone else would (another
+// task's orphan sweep, an operator); its agent's pings then fail with
+// InvalidInstanceId. It reports whether the instance existed.
+func (s *Server) RemoveInstance(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.instances[id]
+	delete(s.instances, id)
+	return ok
 }
 
 // SetPing sets an instance's last ping time (e.g. 20 minutes ago to make it

@@ -201,10 +201,11 @@ func TestStartupsPerSession(t *testing.T) {
 		t.Fatalf("another session during the flood: %v", err)
 	}
 	// Fill the total, then the healthcheck still gets in.
-	for src := 6; ts.s.unauthCount() < 128 && src < 40; src++ {
+	full := ts.s.cfg.MaxStartups.Full
+	for src := 6; ts.s.unauthCount() < full && src < 60; src++ {
 		hold(fmt.Sprintf("127.0.0.%d", src), 30)
 	}
-	if n := ts.s.unauthCount(); n < 120 {
+	if n := ts.s.unauthCount(); n < full-10 {
 		t.Fatalf("could not fill the total: %d", n)
 	}
 	for i := 0; i < maxHealthChecks; i++ {

@@ -93,7 +93,7 @@ type Config struct {
 	HandshakeTimeout time.Duration // handshake + auth deadline; default 30s
 	MaxAuthTries     int           // default 6
 	// MaxStartups limits unauthenticated connections in all; default
-	// 64:30:128.
+	// 100:30:200.
 	MaxStartups Startups
 	// MaxStartupsPerSource limits unauthenticated connections per SSM
 	// session (for session workers) or per client address; default 24:30:48.
@@ -146,7 +146,7 @@ func (c *Config) setDefaults() {
 	def(&c.DrainTimeout, 10*time.Second)
 	defInt(&c.MaxAuthTries, 6)
 	if c.MaxStartups == (Startups{}) {
-		c.MaxStartups = Startups{Begin: 64, Rate: 30, Full: 128}
+		c.MaxStartups = Startups{Begin: 100, Rate: 30, Full: 200}
 	}
 	if c.MaxStartupsPerSource == (Startups{}) {
 		c.MaxStartupsPerSource = Startups{Begin: 24, Rate: 30, Full: 48}

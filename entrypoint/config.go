@@ -24,7 +24,15 @@ type Env struct {
 	// Keys (seed 000 names).
 	HostKey        string `envconfig:"SSH_PRIVATE_HOST_KEY_BASE64ENCODED" desc:"SSH host private key (PEM or OpenSSH), base64 or plain; required with SSM; unset locally = ephemeral ed25519 key" secret:"true"`
 	HostPublicKey  string `envconfig:"SSH_PUBLIC_HOST_KEY_BASE64ENCODED" desc:"SSH host public key, base64 or plain; optional, must match the private key" secret:"true"`
-	AuthorizedKeys string `envconfig:"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED" desc:"authorized_keys file (sshd(8) format and options), base64 or plain; required" secret:"true"`
+	AuthorizedKeys string `envconfig:"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED" desc:"authorized_keys file (sshd(8) format and options), base64 or plain; required unless a live source below is set, then only the set to start with" secret:"true"`
+
+	// Live keys.
+	KeysSecret  string        `envconfig:"BASTION_AUTHORIZED_KEYS_SECRET" desc:"Secrets Manager secret id or ARN whose value is an authorized_keys file (text or base64), re-read every BASTION_KEYS_REFRESH and on SIGHUP; removed keys lose their connections"`
+	KeysFile    string        `envconfig:"BASTION_AUTHORIZED_KEYS_FILE" desc:"path of an authorized_keys file, re-read every BASTION_KEYS_REFRESH and on SIGHUP (replace it by rename); removed keys lose their connections"`
+	KeysRefresh time.Duration `envconfig:"BASTION_KEYS_REFRESH" default:"60s" desc:"how often the live authorized keys are checked (the secret's version, the file's content)"`
+
+	// Notifications.
+	NotifyURL string `envconfig:"BASTION_NOTIFY_URL" desc:"incoming-webhook URL (Slack, Mattermost, Teams) for a message per session start and its tunnels; https (http only to loopback); a secret: never logged, hidden from children" secret:"true"`
 
 	// SSH server.
 	SSHAddr              string        `envconfig:"BASTION_SSH_ADDR" default:":22" desc:"SSH listen address"`
@@ -46,6 +54,7 @@ type Env struct {
 	// Process.
 	StopTimeout time.Duration `envconfig:"BASTION_STOP_TIMEOUT" default:"30s" desc:"whole shutdown budget, counted from SIGTERM; set it to the task definition's stopTimeout (Fargate default 30s, max 120s); at least 5s with SSM"`
 	LogLevel    string        `envconfig:"BASTION_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat   string        `envconfig:"BASTION_LOG_FORMAT" default:"json" desc:"json (one object per line, for log shipping) or text (key=value, for reading in a terminal)"`
 
 	// SSM (seed 004 names).
 	SSM                 string        `envconfig:"BASTION_SSM" default:"auto" desc:"auto = SSM on when INSTANCE_IAM_ROLE is set; off forces it off; on requires INSTANCE_IAM_ROLE"`
@@ -71,6 +80,7 @@ var SecretVars = []string{
 	"SSH_PRIVATE_HOST_KEY_BASE64ENCODED",
 	"SSH_PUBLIC_HOST_KEY_BASE64ENCODED",
 	"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED",
+	"BASTION_NOTIFY_URL",
 }
 
 // Variable describes one environment variable for --help and the README.

@@ -13,6 +13,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/bastion-dev/bastion/notify"
 	"github.com/bastion-dev/bastion/sshd"
 	"github.com/bastion-dev/bastion/ssm"
 )
@@ -142,6 +143,25 @@ func (c *Config) validate(e *Env) error {
 	if e.AgentRestarts < 0 {
 		return errors.New("entrypoint: BASTION_SSM_AGENT_RESTARTS: must be 0 or more")
 	}
+	switch e.LogFormat {
+	case "json", "text":
+	default:
+		return errors.New("entrypoint: BASTION_LOG_FORMAT: want json or text")
+	}
+	if e.KeysSecret != "" && e.KeysFile != "" {
+		return errors.New("entrypoint: BASTION_AUTHORIZED_KEYS_SECRET and BASTION_AUTHORIZED_KEYS_FILE are both set: choose one source")
+	}
+	if e.KeysRefresh < time.Second {
+		return errors.New("entrypoint: BASTION_KEYS_REFRESH: must be at least 1s")
+	}
+	if e.KeysSecret != "" && e.Region == "" && !strings.HasPrefix(e.KeysSecret, "arn:") {
+		return errors.New("entrypoint: AWS_REGION: required when BASTION_AUTHORIZED_KEYS_SECRET is a secret name (an ARN names its region)")
+	}
+	if e.NotifyURL != "" {
+		if err := notify.ValidateURL(e.NotifyURL); err != nil {
+			return fmt.Errorf("entrypoint: BASTION_NOTIFY_URL: %w", err)
+		}
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
 		return errors.New("entrypoint: BASTION_LOG_LEVEL: want debug, info, warn or error")
 	}
@@ -212,22 +232,26 @@ func (c *Config) decodeKeys(e *Env) error {
 		pubName  = "SSH_PUBLIC_HOST_KEY_BASE64ENCODED"
 		authName = "ROOT_PUBLIC_SSH_KEY_BASE64ENCODED"
 	)
-	// Authorized keys first: without them nothing else matters.
-	if strings.TrimSpace(e.AuthorizedKeys) == "" {
-		return fmt.Errorf("entrypoint: %s is not set: refusing to start a bastion nobody is authorized to use", authName)
+	// Authorized keys first: without them nothing else matters. With a
+	// live source they are only the set to start with, and may be absent.
+	live := e.KeysSecret != "" || e.KeysFile != ""
+	switch {
+	case strings.TrimSpace(e.AuthorizedKeys) != "":
+		data, err := decodeText(authName, e.AuthorizedKeys, isAuthorizedKeysText, false)
+		if err != nil {
+			return err
+		}
+		keys, err := sshd.ParseAuthorizedKeys(data)
+		if err != nil {
+			return fmt.Errorf("entrypoint: %s %w", authName, err)
+		}
+		if len(keys) == 0 {
+			return fmt.Errorf("entrypoint: %s: no keys (only blank lines or comments)", authName)
+		}
+		c.AuthorizedKeys = keys
+	case !live:
+		return fmt.Errorf("entrypoint: %s is not set (nor BASTION_AUTHORIZED_KEYS_SECRET or BASTION_AUTHORIZED_KEYS_FILE): refusing to start a bastion nobody is authorized to use", authName)
 	}
-	data, err := decodeText(authName, e.AuthorizedKeys, isAuthorizedKeysText, false)
-	if err != nil {
-		return err
-	}
-	keys, err := sshd.ParseAuthorizedKeys(data)
-	if err != nil {
-		return fmt.Errorf("entrypoint: %s %w", authName, err)
-	}
-	if len(keys) == 0 {
-		return fmt.Errorf("entrypoint: %s: no keys (only blank lines or comments)", authName)
-	}
-	c.AuthorizedKeys = keys
 
 	if strings.TrimSpace(e.HostKey) == "" {
 		if c.SSM {

@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/smithy-go"
+
+	"github.com/bastion-dev/bastion/internal/awsconf"
 )
 
 // API is the subset of the SSM client the package calls (SessionOwner's
@@ -45,16 +43,6 @@ type Clients struct {
 	ECS TaskAPI
 }
 
-// Retry policy of the real clients. Every call also runs under its own
-// context deadline (callTimeout), which bounds the retries.
-const (
-	maxAttempts = 10
-	maxBackoff  = 8 * time.Second
-	// attemptTimeout bounds one HTTP attempt, so a hung connection is
-	// retried inside the call's deadline instead of using all of it.
-	attemptTimeout = 8 * time.Second
-)
-
 // NewClients builds the SSM and ECS clients from one AWS configuration: the
 // SDK's default credential chain (ECS task role on Fargate), cfg.Region,
 // and the SDK's standard endpoint overrides (AWS_ENDPOINT_URL_SSM,
@@ -82,23 +70,11 @@ func loadAWSConfig(ctx context.Context, region string) (aws.Config, error) {
 	if region == "" {
 		return aws.Config{}, fmt.Errorf("ssm: AWS_REGION is required")
 	}
-	awsCfg, err := awsconfig.LoadDefaultConfig(ctx,
-		awsconfig.WithRegion(region),
-		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(attemptTimeout)),
-		awsconfig.WithRetryer(func() aws.Retryer {
-			return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
-				o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
-					so.MaxAttempts = maxAttempts
-					so.MaxBackoff = maxBackoff
-					so.Backoff = retry.NewExponentialJitterBackoff(maxBackoff)
-				})
-			})
-		}),
-	)
+	cfg, err := awsconf.Load(ctx, region)
 	if err != nil {
-		return aws.Config{}, fmt.Errorf("ssm: load AWS config: %w", err)
+		return aws.Config{}, fmt.Errorf("ssm: %w", err)
 	}
-	return awsCfg, nil
+	return cfg, nil
 }
 
 // errorCode returns the service's error code of err, or "".

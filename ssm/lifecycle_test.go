@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/awsconf"
 	"github.com/bastion-dev/bastion/test/fakeecs"
 	"github.com/bastion-dev/bastion/test/fakessm"
 )
@@ -731,8 +732,8 @@ func TestDeregister(t *testing.T) {
 		{name: "denied", exists: true, fails: -1, code: "AccessDeniedException", wantErr: "ssm:DeregisterManagedInstance", file: true},
 		{name: "throttled to the end", exists: true, fails: -1, code: "ThrottlingException", wantErr: "gave up after", file: true},
 		// More failures than the SDK's own attempts: retried while time remains.
-		{name: "throttled for a while", exists: true, fails: 3 * maxAttempts, code: "ThrottlingException"},
-		{name: "server errors for a while", exists: true, fails: 3 * maxAttempts, code: "InternalServerError"},
+		{name: "throttled for a while", exists: true, fails: 3 * awsconf.MaxAttempts, code: "ThrottlingException"},
+		{name: "server errors for a while", exists: true, fails: 3 * awsconf.MaxAttempts, code: "InternalServerError"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -36,6 +36,9 @@ type Options struct {
 	// AWS_CONTAINER_AUTHORIZATION_TOKEN, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE);
 	// matched exactly.
 	DropEnv []string
+	// OnHangup is called (on the signal loop: it must not block) for each
+	// SIGHUP, which asks for a reload; nil = SIGHUP is logged and ignored.
+	OnHangup func()
 	// OutputDelay is how long, after a child is reaped, its output keeps being
 	// copied when cmd.Stdout or cmd.Stderr is not an *os.File (like
 	// exec.Cmd.WaitDelay): processes it left behind may hold the pipe open
@@ -47,6 +50,7 @@ type Options struct {
 // New, run Run in a goroutine for the life of the process.
 type Supervisor struct {
 	log         *slog.Logger
+	onHangup    func()
 	drop        map[string]bool
 	outputDelay time.Duration
 
@@ -81,6 +85,7 @@ func New(opts Options) *Supervisor {
 	}
 	s := &Supervisor{
 		log:         log,
+		onHangup:    opts.OnHangup,
 		drop:        make(map[string]bool, len(opts.DropEnv)),
 		outputDelay: opts.OutputDelay,
 		sigs:        make(chan os.Signal, 64),
@@ -158,8 +163,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 					s.log.Info("supervisor: already shutting down", "signal", sig.String())
 				}
 			case syscall.SIGHUP:
-				// No configuration to reload; handled only so it cannot kill us.
-				s.log.Info("supervisor: SIGHUP ignored")
+				// Handled in any case, so that it cannot kill us.
+				if s.onHangup == nil {
+					s.log.Info("supervisor: SIGHUP ignored")
+					break
+				}
+				s.log.Info("supervisor: SIGHUP: reload requested")
+				s.onHangup()
 			default:
 				// SIGTTIN/SIGTTOU/SIGTSTP: an init must not stop.
 				s.log.Debug("supervisor: terminal signal dropped", "signal", sig.String())

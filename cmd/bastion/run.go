@@ -3,17 +3,22 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/bastion-dev/bastion/authkeys"
 	"github.com/bastion-dev/bastion/entrypoint"
 	"github.com/bastion-dev/bastion/internal/membudget"
+	"github.com/bastion-dev/bastion/notify"
 	"github.com/bastion-dev/bastion/sshd"
 	"github.com/bastion-dev/bastion/ssm"
 	"github.com/bastion-dev/bastion/supervisor"
@@ -40,8 +45,14 @@ var taskRoleVars = []string{
 	"AWS_ROLE_ARN",
 }
 
-func newLogger(level slog.Level) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(os.Stdout, &slog.HandlerOptions{Level: level}))
+// newLogger writes one JSON object per line (format "json", for log
+// shipping) or key=value text (format "text", for a terminal).
+func newLogger(level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(os.Stdout, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stdout, opts))
 }
 
 // gcPercent is the garbage collector target unless GOGC is set. x/crypto/ssh
@@ -62,10 +73,10 @@ func run() int {
 	}
 	cfg, err := entrypoint.Load()
 	if err != nil {
-		newLogger(slog.LevelInfo).Error("bad configuration", "error", err.Error())
+		newLogger(slog.LevelInfo, "json").Error("bad configuration", "error", err.Error())
 		return supervisor.ExitConfig
 	}
-	log := newLogger(cfg.LogLevel)
+	log := newLogger(cfg.LogLevel, cfg.Env.LogFormat)
 	if setupErr != nil {
 		log.Warn("init setup incomplete", "error", setupErr.Error())
 	}
@@ -91,8 +102,20 @@ type bastion struct {
 	srv       *sshd.Server
 	serveErr  chan error
 	reclaimer *membudget.Reclaimer
-	lc        *ssm.Lifecycle // nil without SSM; kept after a failed Start, to undo it
-	agentErr  chan error
+
+	// keys re-reads the authorized keys from Secrets Manager or a file;
+	// nil without a live source. SIGHUP reloads it.
+	keys atomic.Pointer[authkeys.Watcher]
+	// notifier posts session starts to BASTION_NOTIFY_URL; nil without.
+	notifier   *notify.Notifier
+	notifyStop context.CancelFunc
+	notifyDone chan struct{}
+	// ssmAPI is the SSM client once SSM started: session owners are looked
+	// up with it.
+	ssmAPI   atomic.Value // ssm.API
+	owners   *sessionOwners
+	lc       *ssm.Lifecycle // nil without SSM; kept after a failed Start, to undo it
+	agentErr chan error
 
 	// termAt is when the first SIGTERM (or SIGINT) arrived, valid once
 	// termSeen is closed: the stop budget counts from there on every path.
@@ -107,10 +130,15 @@ func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 	if !cfg.Env.AgentTaskRole {
 		drop = append(drop, taskRoleVars...)
 	}
-	b := &bastion{
-		cfg:      cfg,
-		log:      log,
-		sup:      supervisor.New(supervisor.Options{Logger: log, DropEnv: drop}),
+	b := &bastion{}
+	*b = bastion{
+		cfg: cfg,
+		log: log,
+		sup: supervisor.New(supervisor.Options{Logger: log, DropEnv: drop, OnHangup: func() {
+			if w := b.keys.Load(); w != nil {
+				w.Reload()
+			}
+		}}),
 		supDone:  make(chan error, 1),
 		serveErr: make(chan error, 1),
 		agentErr: make(chan error, 1),
@@ -140,7 +168,16 @@ func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 // serve starts the SSH server and the SSM lifecycle, then waits for
 // SIGTERM or a failure; it returns the exit code so far.
 func (b *bastion) serve() int {
-	if err := b.startSSH(); err != nil {
+	keys, err := b.startKeys()
+	if err != nil {
+		b.log.Error("authorized keys", "error", err.Error())
+		return supervisor.ExitConfig
+	}
+	if err := b.startNotifier(); err != nil {
+		b.log.Error("notifications", "error", err.Error())
+		return supervisor.ExitConfig
+	}
+	if err := b.startSSH(keys); err != nil {
 		b.log.Error("ssh server", "error", err.Error(), "addr", b.cfg.Env.SSHAddr)
 		return supervisor.ExitSSH
 	}
@@ -165,13 +202,88 @@ func (b *bastion) serve() int {
 	}
 }
 
+// startKeys reads the live authorized keys, when a source is set, and
+// returns the set to start with; the watcher keeps it current from then on.
+func (b *bastion) startKeys() ([]sshd.AuthorizedKey, error) {
+	e := b.cfg.Env
+	if e.KeysSecret == "" && e.KeysFile == "" {
+		return b.cfg.AuthorizedKeys, nil
+	}
+	w, err := authkeys.New(b.ctx, authkeys.Config{
+		SecretID: e.KeysSecret,
+		File:     e.KeysFile,
+		Region:   e.Region,
+		Refresh:  e.KeysRefresh,
+		Initial:  b.cfg.AuthorizedKeys,
+		Decode:   entrypoint.DecodeAuthorizedKeys,
+		Logger:   b.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Without a set to start with this waits for the first good read (a
+	// bastion with no keys is useless); SIGTERM ends the wait.
+	startCtx, cancel := context.WithCancel(b.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-b.sup.Shutdown():
+			cancel()
+		case <-startCtx.Done():
+		}
+	}()
+	keys, version, err := w.Start(startCtx)
+	if err != nil {
+		return nil, err
+	}
+	b.log.Info("authorized keys in force", "version", version, "keys", len(keys))
+	b.keys.Store(w)
+	return keys, nil
+}
+
+// runKeys applies every accepted version to the server until the run ends.
+func (b *bastion) runKeys() {
+	w := b.keys.Load()
+	if w == nil {
+		return
+	}
+	go w.Run(b.ctx, func(keys []sshd.AuthorizedKey, _ string) { b.srv.SetAuthorizedKeys(keys) })
+}
+
+// startNotifier starts the webhook notifier when BASTION_NOTIFY_URL is set.
+func (b *bastion) startNotifier() error {
+	if b.cfg.Env.NotifyURL == "" {
+		return nil
+	}
+	name := b.cfg.Env.InstanceName
+	if name == "" {
+		name = "bastion"
+	}
+	n, err := notify.New(notify.Config{URL: b.cfg.Env.NotifyURL, Log: b.log, Name: name})
+	if err != nil {
+		return fmt.Errorf("BASTION_NOTIFY_URL: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.notifier, b.notifyStop, b.notifyDone = n, cancel, make(chan struct{})
+	go func() {
+		defer close(b.notifyDone)
+		n.Run(ctx)
+	}()
+	return nil
+}
+
 // startSSH listens and serves in the background.
-func (b *bastion) startSSH() error {
+func (b *bastion) startSSH(keys []sshd.AuthorizedKey) error {
 	budget, maxTunnels, reclaimer := memoryBudget(b.cfg, b.log)
 	b.reclaimer = reclaimer
 	scfg := sshdConfig(b.cfg, b.log)
+	scfg.AuthorizedKeys = keys
 	scfg.MaxTunnels = maxTunnels
 	scfg.TunnelCount = reclaimer.Note
+	scfg.Peers = b.peers()
+	if b.notifier != nil {
+		scfg.Audit = notifyAudit{b.notifier}
+	}
 	srv, err := sshd.New(scfg)
 	if err != nil {
 		return err
@@ -182,19 +294,47 @@ func (b *bastion) startSSH() error {
 	}
 	b.srv = srv // drained at stop only once it serves
 	go func() { b.serveErr <- srv.Serve(ln) }()
+	b.runKeys()
 	b.log.Info("bastion started", "pid", os.Getpid(), "ssh_addr", ln.Addr().String(),
 		"host_key", gossh.FingerprintSHA256(b.cfg.HostSigner.PublicKey()),
-		"host_key_ephemeral", b.cfg.HostKeyEphemeral, "authorized_keys", len(b.cfg.AuthorizedKeys),
+		"host_key_ephemeral", b.cfg.HostKeyEphemeral, "authorized_keys", len(keys),
 		"allow", len(b.cfg.Allow), "ssm", b.cfg.SSM, "stop_timeout", b.cfg.Env.StopTimeout.String(),
 		"memory_budget", budget.String(), "max_tunnels", maxTunnels)
 	return nil
 }
 
+// peers names the process behind loopback connections: bastion's own
+// healthcheck always, and with SSM the session workers of the agent bastion
+// runs, whose principals are looked up with ssm:DescribeSessions.
+func (b *bastion) peers() *peers {
+	agent := ""
+	if b.cfg.SSM {
+		if p, err := exec.LookPath(ssm.DefaultAgentPath); err == nil {
+			if real, err := filepath.EvalSymlinks(p); err == nil {
+				p = real
+			}
+			agent = p
+		}
+		b.owners = newSessionOwners(b.ctx, b.log, sessionOwnerTimeout, func(ctx context.Context, id string) (string, error) {
+			api, _ := b.ssmAPI.Load().(ssm.API)
+			if api == nil {
+				return "", errors.New("the SSM client is not ready yet")
+			}
+			return ssm.SessionOwner(ctx, api, id)
+		})
+	}
+	return newPeers(b.log, agent, b.owners)
+}
+
+// sessionOwnerTimeout bounds one principal lookup: the handshake never
+// waits for it, so a slow answer only leaves the first lines without it.
+const sessionOwnerTimeout = 5 * time.Second
+
 // startSSM runs the lifecycle's Start and then its Run in the background.
 // SIGTERM during Start abandons it and is no failure; either way the
 // lifecycle is kept, so the stop undoes what Start created.
 func (b *bastion) startSSM() int {
-	lc, err := startSSM(b.ctx, b.cfg, b.sup, b.log)
+	lc, err := startSSM(b.ctx, b.cfg, b.sup, b.log, func(c ssm.Clients) { b.ssmAPI.Store(c.SSM) })
 	b.lc = lc
 	switch {
 	case err == nil:
@@ -241,6 +381,10 @@ func (b *bastion) stop(exit int) int {
 	default:
 	}
 	end := begin.Add(b.cfg.Env.StopTimeout - exitMargin)
+	if b.notifyStop != nil {
+		// Its flush (at most notify's FlushTimeout) overlaps the steps.
+		b.notifyStop()
+	}
 	steps, sweep := shutdownSteps(b.cfg, b.srv, b.lc, b.sup, end.Add(-sweepReserve))
 	results := supervisor.RunSteps(context.Background(), b.log, time.Until(end.Add(-sweepReserve)), steps)
 	supervisor.RunSteps(context.Background(), b.log, time.Until(end), []supervisor.Step{sweep})
@@ -253,6 +397,16 @@ func (b *bastion) stop(exit int) int {
 		b.reclaimer.Stop()
 	}
 	b.cancel()
+	if b.notifyDone != nil {
+		select {
+		case <-b.notifyDone:
+		case <-time.After(time.Until(end.Add(exitMargin / 2))):
+			b.log.Warn("notifications still flushing at the stop deadline")
+		}
+	}
+	if b.owners != nil {
+		b.owners.wait()
+	}
 	if err := <-b.supDone; err != nil && !errors.Is(err, context.Canceled) {
 		b.log.Warn("supervisor", "error", err.Error())
 	}
@@ -371,7 +525,8 @@ func (s starter) Start(cmd *exec.Cmd) (ssm.Process, error) {
 // startSSM builds the lifecycle and runs its Start, which SIGTERM cuts
 // short. The lifecycle is returned whenever it exists, also with Start's
 // error: its StopAgent and Deregister undo what Start did.
-func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Supervisor, log *slog.Logger) (*ssm.Lifecycle, error) {
+func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Supervisor, log *slog.Logger,
+	clientsReady func(ssm.Clients)) (*ssm.Lifecycle, error) {
 	startCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -386,6 +541,7 @@ func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Super
 	if err != nil {
 		return nil, err
 	}
+	clientsReady(clients)
 	lc := ssm.New(scfg, clients, starter{sup}, log)
 	return lc, lc.Start(startCtx)
 }

@@ -54,8 +54,9 @@ func ModuleRoot(t testing.TB) string {
 	return filepath.Dir(strings.TrimSpace(string(out)))
 }
 
-// Build builds the bastion binary (and the fake agent) once per test
-// process, statically, as the contract's build command does.
+// Build builds the bastion binary (and the fake agent with its stand-in
+// session worker, side by side as the agent package installs them) once
+// per test process, statically, as the contract's build command does.
 func Build(t testing.TB) (bastion, fakeAgentDir string) {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -67,6 +68,7 @@ func Build(t testing.TB) (bastion, fakeAgentDir string) {
 		for _, b := range []struct{ out, pkg string }{
 			{filepath.Join(buildDir, "bastion"), "./cmd/bastion"},
 			{filepath.Join(buildDir, "agent", "amazon-ssm-agent"), "./test/fakeagent"},
+			{filepath.Join(buildDir, "agent", "ssm-session-worker"), "./test/fakesessionworker"},
 		} {
 			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
 			cmd.Dir = root

@@ -63,26 +63,6 @@ func Load() (*Config, error) {
 	return cfg, nil
 }
 
-// LoadSettings reads and validates every variable as Load does except the
-// three key variables, which it neither decodes nor removes from the
-// environment; the returned Config has no host key and no authorized keys.
-// It is for subcommands that run beside the entrypoint in the same
-// container (bastion healthcheck) and must agree with it on defaults and on
-// whether SSM is on.
-func LoadSettings() (*Config, error) {
-	env, err := readEnv()
-	if err != nil {
-		return nil, err
-	}
-	env.HostKey, env.HostPublicKey, env.AuthorizedKeys = "", "", ""
-	cfg := &Config{}
-	if err := cfg.validate(&env); err != nil {
-		return nil, err
-	}
-	cfg.Env = env
-	return cfg, nil
-}
-
 var tagPart = regexp.MustCompile(`^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$`)
 
 func (c *Config) validate(e *Env) error {

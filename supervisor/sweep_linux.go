@@ -47,11 +47,12 @@ func (s *Supervisor) Sweep(ctx context.Context, grace time.Duration) (SweepResul
 	gctx, cancel := context.WithTimeout(ctx, grace)
 	defer cancel()
 	gone, err := s.terminate(gctx, w, &res)
-	if err != nil || gone {
-		if gone {
-			s.log.Info("supervisor: sweep done", "signalled", res.Signalled, "duration_ms", time.Since(start).Milliseconds())
-		}
+	switch {
+	case err != nil:
 		return res, err
+	case gone:
+		s.log.Info("supervisor: sweep done", "signalled", res.Signalled, "duration_ms", time.Since(start).Milliseconds())
+		return res, nil
 	}
 	return res, s.kill(w, &res)
 }
@@ -66,8 +67,11 @@ func (s *Supervisor) terminate(ctx context.Context, w *sweep, res *SweepResult) 
 		s.reap()
 		n, left, err := w.terminateNew()
 		res.Signalled += n
-		if err != nil || !left {
-			return !left, err
+		if err != nil {
+			return false, err
+		}
+		if !left {
+			return true, nil
 		}
 		select {
 		case <-ctx.Done():

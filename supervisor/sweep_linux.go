@@ -40,6 +40,11 @@ type SweepResult struct {
 // so a recycled pid is never hit. Counts come from /proc in both cases.
 func (s *Supervisor) Sweep(ctx context.Context, grace time.Duration) (SweepResult, error) {
 	start := time.Now()
+	// A process gone from /proc has been waited for, but a reap running
+	// beside Sweep (Run's, on SIGCHLD) may not have recorded its exit yet.
+	// reap holds its lock until it has, so reaping once more on the way out
+	// means every Child that Sweep saw go has its Done closed.
+	defer s.reap()
 	w := &sweep{self: os.Getpid(), signalled: make(map[procKey]bool)}
 	w.pid1 = w.self == 1
 	var res SweepResult

@@ -131,6 +131,26 @@ func readEnv() (Env, error) {
 	return e, nil
 }
 
+// LoadSettings reads and validates every variable as Load does except the
+// three key variables, which it neither decodes nor removes from the
+// environment; the returned Config has no host key and no authorized keys.
+// It is for subcommands that run beside the entrypoint in the same
+// container (bastion healthcheck) and must agree with it on defaults and on
+// whether SSM is on.
+func LoadSettings() (*Config, error) {
+	env, err := readEnv()
+	if err != nil {
+		return nil, err
+	}
+	env.HostKey, env.HostPublicKey, env.AuthorizedKeys = "", "", ""
+	cfg := &Config{}
+	if err := cfg.validate(&env); err != nil {
+		return nil, err
+	}
+	cfg.Env = env
+	return cfg, nil
+}
+
 func typeWord(t string) string {
 	switch t {
 	case "Duration", "time.Duration":

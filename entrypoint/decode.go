@@ -45,6 +45,15 @@ func decodeText(name, value string, isPlain func([]byte) bool, strict bool) ([]b
 	return nil, fmt.Errorf("entrypoint: %s: neither base64 (standard or URL-safe) nor key text", name)
 }
 
+// DecodeKeyText decodes a key value the way the key variables are decoded:
+// the text itself when isKey recognises it, else base64 (standard or
+// URL-safe, padded or not, wrapped) of text that isKey recognises. Errors
+// name name, never the value. For subcommands reading the same values
+// (bastion ssh-config's host key).
+func DecodeKeyText(name, value string, isKey func([]byte) bool) ([]byte, error) {
+	return decodeText(name, value, isKey, true)
+}
+
 // isPEMText recognises PEM armour, which covers "OPENSSH PRIVATE KEY".
 func isPEMText(b []byte) bool {
 	return bytes.HasPrefix(b, []byte("-----BEGIN "))

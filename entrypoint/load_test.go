@@ -381,3 +381,58 @@ func TestVariablesDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadSettings: the settings a subcommand reads are Load's (defaults,
+// the SSM switch, the same refusals), and the key variables stay where they
+// are, undecoded: even a value Load would refuse does not matter.
+func TestLoadSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		addr    string
+		ssm     bool
+		wantErr string
+	}{
+		{name: "defaults", addr: ":22"},
+		{name: "address", env: map[string]string{"BASTION_SSH_ADDR": "127.0.0.1:2222"}, addr: "127.0.0.1:2222"},
+		{name: "role turns SSM on", env: map[string]string{"INSTANCE_IAM_ROLE": "r", "AWS_REGION": "eu-west-1"}, addr: ":22", ssm: true},
+		{name: "BASTION_SSM=on", env: map[string]string{"BASTION_SSM": "on", "INSTANCE_IAM_ROLE": "r", "AWS_REGION": "eu-west-1"}, addr: ":22", ssm: true},
+		{name: "BASTION_SSM=1", env: map[string]string{"BASTION_SSM": "1", "INSTANCE_IAM_ROLE": "r", "AWS_REGION": "eu-west-1"}, addr: ":22", ssm: true},
+		{name: "BASTION_SSM=off", env: map[string]string{"BASTION_SSM": "off", "INSTANCE_IAM_ROLE": "r"}, addr: ":22"},
+		{name: "BASTION_SSM=on without a role", env: map[string]string{"BASTION_SSM": "on"}, wantErr: "INSTANCE_IAM_ROLE: required when BASTION_SSM=on"},
+		{name: "bad address", env: map[string]string{"BASTION_SSH_ADDR": "nonsense"}, wantErr: "BASTION_SSH_ADDR"},
+		{name: "bad duration", env: map[string]string{"BASTION_DRAIN_TIMEOUT": "soon"}, wantErr: "BASTION_DRAIN_TIMEOUT"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := map[string]string{
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": "not a key",
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  "not keys either",
+			}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			cleanEnv(t, env)
+			c, err := LoadSettings()
+			for _, name := range []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "ROOT_PUBLIC_SSH_KEY_BASE64ENCODED"} {
+				if os.Getenv(name) != env[name] {
+					t.Errorf("%s changed in the environment", name)
+				}
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("LoadSettings = %+v, %v; want an error naming %s", c, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Env.SSHAddr != tc.addr || c.SSM != tc.ssm {
+				t.Fatalf("LoadSettings: address %q, SSM %v; want %q, %v", c.Env.SSHAddr, c.SSM, tc.addr, tc.ssm)
+			}
+			if c.Env.HostKey != "" || c.Env.AuthorizedKeys != "" || c.HostSigner != nil || c.AuthorizedKeys != nil {
+				t.Fatalf("LoadSettings returned keys: %+v", c)
+			}
+		})
+	}
+}

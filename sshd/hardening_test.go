@@ -11,6 +11,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/internal/sktest"
 )
 
@@ -82,19 +83,19 @@ func TestSecurityKeyTouch(t *testing.T) {
 				c.Close()
 			}
 			if tt.wantOK != (err == nil) {
-				t.Fatalf("dial err = %v, want ok=%v\nlog:\n%s", err, tt.wantOK, ts.log.dump())
+				t.Fatalf("dial err = %v, want ok=%v\nlog:\n%s", err, tt.wantOK, ts.log.String())
 			}
 			if tt.wantOK {
-				ts.log.waitRecord(t, "auth", map[string]any{"result": "accepted", "fingerprint": gossh.FingerprintSHA256(sk.PublicKey())})
+				ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "accepted", "fingerprint": gossh.FingerprintSHA256(sk.PublicKey())})
 			}
 			if tt.wantReason != "" {
-				r := ts.log.waitRecord(t, "auth", map[string]any{"result": "refused", "fingerprint": gossh.FingerprintSHA256(sk.PublicKey())})
+				r := ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "refused", "fingerprint": gossh.FingerprintSHA256(sk.PublicKey())})
 				if !strings.Contains(fmt.Sprint(r["reason"]), tt.wantReason) {
 					t.Errorf("reason %q, want %q", r["reason"], tt.wantReason)
 				}
 			}
-			if !tt.wantOK && ts.log.has("auth", map[string]any{"result": "accepted"}) {
-				t.Errorf("an attempt was accepted:\n%s", ts.log.dump())
+			if !tt.wantOK && ts.log.Has("auth", map[string]string{"result": "accepted"}) {
+				t.Errorf("an attempt was accepted:\n%s", ts.log.String())
 			}
 		})
 	}
@@ -140,10 +141,10 @@ func TestCASignatureAlgorithms(t *testing.T) {
 				c.Close()
 			}
 			if tt.wantOK != (err == nil) {
-				t.Fatalf("dial err = %v, want ok=%v\n%s", err, tt.wantOK, ts.log.dump())
+				t.Fatalf("dial err = %v, want ok=%v\n%s", err, tt.wantOK, ts.log.String())
 			}
 			if !tt.wantOK {
-				r := ts.log.waitRecord(t, "auth", map[string]any{"result": "refused", "cert_id": "alice-cert"})
+				r := ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "refused", "cert_id": "alice-cert"})
 				if want := `certificate signed with algorithm "ssh-rsa"`; !strings.Contains(fmt.Sprint(r["reason"]), want) {
 					t.Errorf("reason %q, want %q", r["reason"], want)
 				}
@@ -174,8 +175,8 @@ func TestAuthLineNamesItsAttempt(t *testing.T) {
 		t.Fatal("authenticated with keys that are not authorized")
 	}
 	bobFP := gossh.FingerprintSHA256(bob.PublicKey())
-	ts.log.waitRecord(t, "auth", map[string]any{"result": "refused", "fingerprint": bobFP, "reason": "key not authorized"})
-	r := ts.log.waitRecord(t, "auth", map[string]any{"result": "refused", "reason": `algorithm "ssh-rsa" not accepted`})
+	ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "refused", "fingerprint": bobFP, "reason": "key not authorized"})
+	r := ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "refused", "reason": `algorithm "ssh-rsa" not accepted`})
 	for _, f := range []string{"fingerprint", "comment", "authorized_keys_line", "key_type"} {
 		if v, ok := r[f]; ok {
 			t.Errorf("the ssh-rsa attempt's line has %s=%v from another attempt: %v", f, v, r)
@@ -212,14 +213,14 @@ func TestLongCertificateIDCapped(t *testing.T) {
 		c.Close()
 		t.Fatal("self-signed certificate accepted")
 	}
-	r := ts.log.waitRecord(t, "auth", map[string]any{"result": "refused", "reason": "certificate signed by an unknown authority"})
+	r := ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "refused", "reason": "certificate signed by an unknown authority"})
 	if id := fmt.Sprint(r["cert_id"]); len(id) > maxFieldLen+40 || !strings.Contains(id, "more bytes]") {
 		t.Errorf("cert_id is %d bytes: %.80q", len(id), id)
 	}
 	if u := fmt.Sprint(r["user"]); len(u) > maxFieldLen+40 {
 		t.Errorf("user is %d bytes", len(u))
 	}
-	for _, line := range strings.Split(ts.log.dump(), "\n") {
+	for _, line := range strings.Split(ts.log.String(), "\n") {
 		if len(line) > 4096 {
 			t.Errorf("log line of %d bytes: %.120s…", len(line), line)
 		}
@@ -229,15 +230,15 @@ func TestLongCertificateIDCapped(t *testing.T) {
 // TestRefusalLogSummarises: past the burst, refusals from one source are
 // counted and reported once per window, not logged one by one.
 func TestRefusalLogSummarises(t *testing.T) {
-	buf := &syncBuffer{}
-	r := newRefusalLog(slog.New(slog.NewJSONHandler(buf, nil)))
+	log, buf := logtest.New(slog.LevelInfo)
+	r := newRefusalLog(log)
 	for i := 0; i < 100; i++ {
 		r.warn("connection refused", "127.0.0.1", "reason", "too many")
 	}
 	r.warn("connection refused", "127.0.0.2", "reason", "too many")
 	r.stop()
 	var lines, summaries int
-	for _, rec := range buf.records() {
+	for _, rec := range buf.Records() {
 		switch rec["msg"] {
 		case "connection refused":
 			lines++
@@ -249,6 +250,6 @@ func TestRefusalLogSummarises(t *testing.T) {
 		}
 	}
 	if lines != refusalBurst+1 || summaries != 1 {
-		t.Errorf("%d lines and %d summaries, want %d and 1:\n%s", lines, summaries, refusalBurst+1, buf.dump())
+		t.Errorf("%d lines and %d summaries, want %d and 1:\n%s", lines, summaries, refusalBurst+1, buf.String())
 	}
 }

@@ -141,10 +141,10 @@ func TestSessionIdentityOnEveryLine(t *testing.T) {
 		t.Fatal("tunnel outside BASTION_ALLOW opened")
 	}
 	c.Close()
-	want := map[string]any{"ssm_session_id": "alice-0a1b2c3d4e5f6a7b8", "principal": arn}
+	want := map[string]string{"ssm_session_id": "alice-0a1b2c3d4e5f6a7b8", "principal": arn}
 	var conn any
 	for _, msg := range []string{"auth", "tunnel open", "tunnel", "tunnel refused", "connection closed"} {
-		r := ts.log.waitRecord(t, msg, want)
+		r := ts.log.WaitFor(t, 5*time.Second, msg, want)
 		if conn == nil {
 			conn = r["conn"]
 		}
@@ -159,7 +159,7 @@ func TestSessionIdentityOnEveryLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	c2.Close()
-	for _, r := range ts.log.records() {
+	for _, r := range ts.log.Records() {
 		if r["msg"] == "auth" && r["ssm_session_id"] == nil {
 			if r["conn"] == conn || r["conn"] == nil || r["principal"] != nil {
 				t.Errorf("plain connection's auth line: %v", r)
@@ -167,7 +167,7 @@ func TestSessionIdentityOnEveryLine(t *testing.T) {
 			return
 		}
 	}
-	t.Errorf("no auth line for the plain connection:\n%s", ts.log.dump())
+	t.Errorf("no auth line for the plain connection:\n%s", ts.log.String())
 }
 
 // TestStartupsPerSession: 40 idle unauthenticated connections from one SSM
@@ -216,8 +216,8 @@ func TestStartupsPerSession(t *testing.T) {
 	if b, _ := readBanner(rawConn(t, ts.addr, "127.0.0.5")); b != "" {
 		t.Fatalf("healthcheck slots unbounded")
 	}
-	ts.log.waitRecord(t, "connection refused", map[string]any{"reason": "too many health checks at once"})
-	ts.log.waitRecord(t, "connection refused", map[string]any{"source": "ssm-session flood-0000000000000000a", "ssm_session_id": "flood-0000000000000000a"})
+	ts.log.WaitFor(t, 5*time.Second, "connection refused", map[string]string{"reason": "too many health checks at once"})
+	ts.log.WaitFor(t, 5*time.Second, "connection refused", map[string]string{"source": "ssm-session flood-0000000000000000a", "ssm_session_id": "flood-0000000000000000a"})
 }
 
 // unauthCount is the number of unauthenticated connections, health checks

@@ -45,8 +45,8 @@ func TestRevocationEndsLiveConnections(t *testing.T) {
 		t.Fatal("alice's tunnel still open 5 s after her key was removed")
 	}
 	fpA := gossh.FingerprintSHA256(alice.PublicKey())
-	ts.log.waitRecord(t, "tunnel", map[string]any{"fingerprint": fpA, "close_reason": "key removed"})
-	ts.log.waitRecord(t, "connection closed", map[string]any{"fingerprint": fpA, "reason": "key removed"})
+	ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{"fingerprint": fpA, "close_reason": "key removed"})
+	ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"fingerprint": fpA, "reason": "key removed"})
 	if _, err := ts.dial("root", alice); err == nil {
 		t.Fatal("alice connected after her key was removed")
 	}
@@ -94,8 +94,8 @@ func TestExpiryWhileConnected(t *testing.T) {
 	certified := ts.mustDial(t, "root", certSigner(t, testSigner(t, "bob_ed25519"), ca)) // valid until testNow+1h
 
 	clock.Set(testNow.Add(61 * time.Minute))
-	ts.log.waitRecord(t, "connection closed", map[string]any{"fingerprint": gossh.FingerprintSHA256(alice.PublicKey()), "reason": "key expired"})
-	ts.log.waitRecord(t, "connection closed", map[string]any{"reason": "certificate expired"})
+	ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"fingerprint": gossh.FingerprintSHA256(alice.PublicKey()), "reason": "key expired"})
+	ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"reason": "certificate expired"})
 	for _, c := range []*gossh.Client{plain, certified} {
 		if err := c.Wait(); err == nil {
 			t.Error("connection still open")
@@ -127,7 +127,7 @@ func TestIdleAndAgeLimits(t *testing.T) {
 			echoRoundTrip(t, busyTun, "tick")
 			select {
 			case <-closed:
-				ts.log.waitRecord(t, "connection closed", map[string]any{"reason": "idle timeout", "idle_timeout": "1.5s"})
+				ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"reason": "idle timeout", "idle_timeout": "1.5s"})
 				echoRoundTrip(t, busyTun, "the busy one lives on")
 				return
 			case <-time.After(200 * time.Millisecond):
@@ -146,8 +146,8 @@ func TestIdleAndAgeLimits(t *testing.T) {
 		for {
 			select {
 			case <-closed:
-				ts.log.waitRecord(t, "tunnel", map[string]any{"close_reason": "maximum connection age"})
-				ts.log.waitRecord(t, "connection closed", map[string]any{"reason": "maximum connection age", "max_connection_age": "1s"})
+				ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{"close_reason": "maximum connection age"})
+				ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"reason": "maximum connection age", "max_connection_age": "1s"})
 				return
 			case <-time.After(100 * time.Millisecond):
 				tun.Write([]byte("busy"))

@@ -2,111 +2,30 @@ package sshd
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-dev/bastion/internal/logtest"
 )
 
 var testNow = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
-// syncBuffer collects the JSON audit log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) records() []map[string]any {
-	s.mu.Lock()
-	data := append([]byte(nil), s.b.Bytes()...)
-	s.mu.Unlock()
-	var out []map[string]any
-	for _, line := range bytes.Split(data, []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal(line, &m); err == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// waitRecord waits for a log record with msg whose fields include want.
-func (s *syncBuffer) waitRecord(t *testing.T, msg string, want map[string]any) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		for _, r := range s.records() {
-			if r["msg"] == msg && fieldsMatch(r, want) {
-				return r
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q record with %v in log:\n%s", msg, want, s.dump())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (s *syncBuffer) has(msg string, want map[string]any) bool {
-	for _, r := range s.records() {
-		if r["msg"] == msg && fieldsMatch(r, want) {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *syncBuffer) dump() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func fieldsMatch(r, want map[string]any) bool {
-	for k, v := range want {
-		got, ok := r[k]
-		if !ok {
-			return false
-		}
-		switch v := v.(type) {
-		case int:
-			if f, ok := got.(float64); !ok || f != float64(v) {
-				return false
-			}
-		default:
-			if got != v {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 type testServer struct {
 	s     *Server
 	addr  string
-	log   *syncBuffer
+	log   *logtest.Buffer
 	serve chan error
 	host  gossh.PublicKey
 }
@@ -123,8 +42,8 @@ func startServer(t *testing.T, authorized string, cfg Config) *testServer {
 	if cfg.HostSigners == nil {
 		cfg.HostSigners = []gossh.Signer{testSigner(t, "host_ed25519")}
 	}
-	buf := &syncBuffer{}
-	cfg.Logger = slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var buf *logtest.Buffer
+	cfg.Logger, buf = logtest.New(slog.LevelDebug)
 	if cfg.Clock == nil {
 		cfg.Clock = func() time.Time { return testNow }
 	}
@@ -168,7 +87,7 @@ func (ts *testServer) mustDial(t *testing.T, user string, signer gossh.Signer) *
 	t.Helper()
 	c, err := ts.dial(user, signer)
 	if err != nil {
-		t.Fatalf("ssh dial: %v\nlog:\n%s", err, ts.log.dump())
+		t.Fatalf("ssh dial: %v\nlog:\n%s", err, ts.log.String())
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -325,27 +244,27 @@ func TestAuth(t *testing.T) {
 		user       string
 		signer     func(t *testing.T) gossh.Signer
 		wantReason string // "" = accepted
-		wantFields map[string]any
+		wantFields map[string]string
 	}{
 		{
 			name:       "authorized key",
 			authorized: func(t *testing.T) string { return authLine(t, "alice_ed25519", "") },
 			signer:     func(*testing.T) gossh.Signer { return alice },
-			wantFields: map[string]any{"key_type": "ssh-ed25519", "fingerprint": aliceFP, "comment": "alice@example", "authorized_keys_line": 1},
+			wantFields: map[string]string{"key_type": "ssh-ed25519", "fingerprint": aliceFP, "comment": "alice@example", "authorized_keys_line": "1"},
 		},
 		{
 			name:       "unknown key",
 			authorized: func(t *testing.T) string { return authLine(t, "alice_ed25519", "") },
 			signer:     func(*testing.T) gossh.Signer { return bob },
 			wantReason: "key not authorized",
-			wantFields: map[string]any{"key_type": "ssh-ed25519", "fingerprint": gossh.FingerprintSHA256(bob.PublicKey())},
+			wantFields: map[string]string{"key_type": "ssh-ed25519", "fingerprint": gossh.FingerprintSHA256(bob.PublicKey())},
 		},
 		{
 			name:       "from mismatch",
 			authorized: func(t *testing.T) string { return authLine(t, "alice_ed25519", `from="10.0.0.0/8"`) },
 			signer:     func(*testing.T) gossh.Signer { return alice },
 			wantReason: "client address not permitted by from=",
-			wantFields: map[string]any{"comment": "alice@example", "fingerprint": aliceFP},
+			wantFields: map[string]string{"comment": "alice@example", "fingerprint": aliceFP},
 		},
 		{
 			name:       "from match",
@@ -364,7 +283,7 @@ func TestAuth(t *testing.T) {
 				return authLine(t, "alice_ed25519", `from="10.0.0.0/8"`) + authLine(t, "alice_ed25519", "")
 			},
 			signer:     func(*testing.T) gossh.Signer { return alice },
-			wantFields: map[string]any{"authorized_keys_line": 2},
+			wantFields: map[string]string{"authorized_keys_line": "2"},
 		},
 		{
 			name:       "expiry-time past",
@@ -393,7 +312,7 @@ func TestAuth(t *testing.T) {
 			name:       "cert, login is a principal",
 			authorized: func(t *testing.T) string { return authLine(t, "ca_ed25519", "cert-authority") },
 			signer:     func(t *testing.T) gossh.Signer { return certSigner(t, alice, ca) },
-			wantFields: map[string]any{"key_type": gossh.CertAlgoED25519v01, "fingerprint": aliceFP, "cert_id": "alice-cert", "cert_serial": 42,
+			wantFields: map[string]string{"key_type": gossh.CertAlgoED25519v01, "fingerprint": aliceFP, "cert_id": "alice-cert", "cert_serial": "42",
 				"ca_fingerprint": gossh.FingerprintSHA256(ca.PublicKey()), "comment": "ca@example"},
 		},
 		{
@@ -522,16 +441,16 @@ func TestAuth(t *testing.T) {
 			if c != nil {
 				defer c.Close()
 			}
-			want := map[string]any{"user": user, "method": "publickey"}
+			want := map[string]string{"user": user, "method": "publickey"}
 			for k, v := range tt.wantFields {
 				want[k] = v
 			}
 			if tt.wantReason == "" {
 				if err != nil {
-					t.Fatalf("dial: %v\nlog:\n%s", err, ts.log.dump())
+					t.Fatalf("dial: %v\nlog:\n%s", err, ts.log.String())
 				}
 				want["result"] = "accepted"
-				r := ts.log.waitRecord(t, "auth", want)
+				r := ts.log.WaitFor(t, 5*time.Second, "auth", want)
 				if _, ok := r["reason"]; ok {
 					t.Errorf("accepted auth line has a reason: %v", r)
 				}
@@ -553,21 +472,19 @@ func TestAuth(t *testing.T) {
 			deadline := time.Now().Add(5 * time.Second)
 			for {
 				found := false
-				for _, r := range ts.log.records() {
-					if r["msg"] == "auth" && fieldsMatch(r, want) && strings.Contains(r["reason"].(string), tt.wantReason) {
-						found = true
-					}
+				for _, r := range ts.log.Find("auth", want) {
+					found = found || strings.Contains(fmt.Sprint(r["reason"]), tt.wantReason)
 				}
 				if found {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("no refused auth line with reason %q and %v:\n%s", tt.wantReason, want, ts.log.dump())
+					t.Fatalf("no refused auth line with reason %q and %v:\n%s", tt.wantReason, want, ts.log.String())
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			if ts.log.has("auth", map[string]any{"result": "accepted"}) {
-				t.Errorf("an auth line says accepted:\n%s", ts.log.dump())
+			if ts.log.Has("auth", map[string]string{"result": "accepted"}) {
+				t.Errorf("an auth line says accepted:\n%s", ts.log.String())
 			}
 		})
 	}
@@ -599,7 +516,7 @@ func TestOnlyPublicKeyAuthOffered(t *testing.T) {
 	if pwCalled.Load() || kbdCalled.Load() {
 		t.Errorf("password (%v) or keyboard-interactive (%v) was offered", pwCalled.Load(), kbdCalled.Load())
 	}
-	ts.log.waitRecord(t, "auth", map[string]any{"method": "none", "result": "refused", "reason": "method none is not accepted", "level": "DEBUG"})
+	ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"method": "none", "result": "refused", "reason": "method none is not accepted", "level": "DEBUG"})
 }
 
 func TestOnlyDirectTCPIPServed(t *testing.T) {
@@ -655,9 +572,9 @@ func TestForwardEchoAndAudit(t *testing.T) {
 	echoRoundTrip(t, conn, "hello")
 	echoRoundTrip(t, conn, strings.Repeat("x", 100000))
 	conn.Close()
-	r := ts.log.waitRecord(t, "tunnel", map[string]any{
+	r := ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{
 		"user": "root", "fingerprint": gossh.FingerprintSHA256(alice.PublicKey()),
-		"requested": e.addr, "dialed": e.addr, "bytes_up": 100005, "bytes_down": 100005,
+		"requested": e.addr, "dialed": e.addr, "bytes_up": "100005", "bytes_down": "100005",
 	})
 	if c, _ := r["client"].(string); !strings.HasPrefix(c, "127.0.0.1:") {
 		t.Errorf("client = %v", r["client"])
@@ -683,7 +600,7 @@ func TestForwardInetAtonLiteral(t *testing.T) {
 			echoRoundTrip(t, ch, "x")
 			ch.Close()
 			// The audit line keeps the requested host (without brackets).
-			ts.log.waitRecord(t, "tunnel", map[string]any{"requested": net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(e.port)), "dialed": e.addr})
+			ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{"requested": net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(e.port)), "dialed": e.addr})
 		})
 	}
 }
@@ -718,7 +635,7 @@ func TestHalfClose(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no channel EOF after the target's reply")
 	}
-	ts.log.waitRecord(t, "tunnel", map[string]any{"bytes_up": 12, "bytes_down": 12, "close_reason": "eof both ways"})
+	ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{"bytes_up": "12", "bytes_down": "12", "close_reason": "eof both ways"})
 }
 
 func TestTunnelRefusals(t *testing.T) {
@@ -762,7 +679,7 @@ func TestTunnelRefusals(t *testing.T) {
 			if oce.Reason != tt.wantCode || oce.Message != tt.wantMsg {
 				t.Errorf("got %v %q, want %v %q", oce.Reason, oce.Message, tt.wantCode, tt.wantMsg)
 			}
-			r := ts.log.waitRecord(t, "tunnel refused", map[string]any{"user": "root",
+			r := ts.log.WaitFor(t, 5*time.Second, "tunnel refused", map[string]string{"user": "root",
 				"requested": net.JoinHostPort(tt.host, strconv.Itoa(tt.port))})
 			if reason, _ := r["reason"].(string); !strings.HasPrefix(reason, tt.wantReason) {
 				t.Errorf("log reason %q, want %q", reason, tt.wantReason)
@@ -816,7 +733,7 @@ func TestCertTunnels(t *testing.T) {
 			if !errors.As(err, &oce) || oce.Reason != gossh.Prohibited || oce.Message != msgProhibited {
 				t.Fatalf("open: %v, want prohibited", err)
 			}
-			ts.log.waitRecord(t, "tunnel refused", map[string]any{"reason": string(ReasonCertNoForwarding)})
+			ts.log.WaitFor(t, 5*time.Second, "tunnel refused", map[string]string{"reason": string(ReasonCertNoForwarding)})
 		})
 	}
 }
@@ -839,11 +756,11 @@ func TestMaxTunnelsPerConn(t *testing.T) {
 	if !errors.As(err, &oce) || oce.Reason != gossh.ResourceShortage {
 		t.Fatalf("third tunnel: %v, want ResourceShortage", err)
 	}
-	ts.log.waitRecord(t, "tunnel refused", map[string]any{"reason": "too many tunnels on this connection"})
+	ts.log.WaitFor(t, 5*time.Second, "tunnel refused", map[string]string{"reason": "too many tunnels on this connection"})
 
 	// Closing one frees its slot once the server has seen it end.
 	open[0].Close()
-	ts.log.waitRecord(t, "tunnel", map[string]any{})
+	ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{})
 	ch, err := openDirect(c, "127.0.0.1", uint32(e.port))
 	if err != nil {
 		t.Fatalf("tunnel after one closed: %v", err)
@@ -894,7 +811,7 @@ func TestHandshakeDeadline(t *testing.T) {
 	if d := time.Since(start); d < 250*time.Millisecond || d > 2*time.Second {
 		t.Errorf("closed after %v, want about 300ms", d)
 	}
-	ts.log.waitRecord(t, "connection closed", map[string]any{"reason": "handshake and authentication deadline exceeded"})
+	ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"reason": "handshake and authentication deadline exceeded"})
 
 	// An authenticated connection outlives the deadline.
 	c := ts.mustDial(t, "root", testSigner(t, "alice_ed25519"))
@@ -922,7 +839,7 @@ func TestMaxStartups(t *testing.T) {
 	if b, err := readBanner(extra); err == nil || b != "" {
 		t.Fatalf("conn over MaxStartups got %q, %v; want closed without a banner", b, err)
 	}
-	ts.log.waitRecord(t, "connection refused", map[string]any{"reason": "too many unauthenticated connections"})
+	ts.log.WaitFor(t, 5*time.Second, "connection refused", map[string]string{"reason": "too many unauthenticated connections"})
 
 	// A freed slot is available again.
 	conns[0].Close()
@@ -949,7 +866,7 @@ func TestMaxStartupsPerSource(t *testing.T) {
 	if b, err := readBanner(rawConn(t, ts.addr, "127.0.0.1")); err == nil || b != "" {
 		t.Fatalf("third conn from 127.0.0.1 got %q, %v; want closed without a banner", b, err)
 	}
-	ts.log.waitRecord(t, "connection refused", map[string]any{"reason": "too many unauthenticated connections from this source"})
+	ts.log.WaitFor(t, 5*time.Second, "connection refused", map[string]string{"reason": "too many unauthenticated connections from this source"})
 	if b, err := readBanner(rawConn(t, ts.addr, "127.0.0.2")); err != nil || b != "SSH-2.0-bastion" {
 		t.Fatalf("conn from 127.0.0.2: %q, %v; want a banner", b, err)
 	}
@@ -1039,10 +956,10 @@ func TestKeepaliveDropsSilentClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ts.log.waitRecord(t, "auth", map[string]any{"result": "accepted"})
+	ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"result": "accepted"})
 	start := time.Now()
 	p.frozen.Store(true)
-	ts.log.waitRecord(t, "connection closed", map[string]any{"reason": "keepalive unanswered", "missed": 2})
+	ts.log.WaitFor(t, 5*time.Second, "connection closed", map[string]string{"reason": "keepalive unanswered", "missed": "2"})
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("dropped after %v", d)
 	}
@@ -1065,8 +982,8 @@ func TestKeepaliveKeepsLiveClient(t *testing.T) {
 	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{KeepaliveInterval: 100 * time.Millisecond, KeepaliveCountMax: 2, Policy: loopbackPolicy(t)})
 	c := ts.mustDial(t, "root", testSigner(t, "alice_ed25519"))
 	time.Sleep(1200 * time.Millisecond)
-	if ts.log.has("connection closed", nil) {
-		t.Fatalf("live client dropped:\n%s", ts.log.dump())
+	if ts.log.Has("connection closed", nil) {
+		t.Fatalf("live client dropped:\n%s", ts.log.String())
 	}
 	e := startEcho(t, false)
 	conn, err := c.Dial("tcp", e.addr)
@@ -1135,7 +1052,7 @@ func TestShutdownDrain(t *testing.T) {
 			t.Errorf("new tunnel during the drain: %v", err)
 		}
 	}
-	ts.log.waitRecord(t, "tunnel refused", map[string]any{"reason": "server shutting down"})
+	ts.log.WaitFor(t, 5*time.Second, "tunnel refused", map[string]string{"reason": "server shutting down"})
 
 	// The grace runs out: the tunnel is cut.
 	cut := make(chan struct{})
@@ -1164,8 +1081,8 @@ func TestShutdownDrain(t *testing.T) {
 		t.Errorf("Serve returned %v, want ErrServerClosed", err)
 	}
 	ts.serve <- ErrServerClosed // for the cleanup
-	ts.log.waitRecord(t, "tunnel", map[string]any{"close_reason": "shutdown grace ended", "bytes_up": 22, "bytes_down": 22})
-	ts.log.waitRecord(t, "sshd stopped", map[string]any{"open_at_start": 1, "cut": 1, "drained": 0})
+	ts.log.WaitFor(t, 5*time.Second, "tunnel", map[string]string{"close_reason": "shutdown grace ended", "bytes_up": "22", "bytes_down": "22"})
+	ts.log.WaitFor(t, 5*time.Second, "sshd stopped", map[string]string{"open_at_start": "1", "cut": "1", "drained": "0"})
 }
 
 func TestShutdownTunnelEndsDuringGrace(t *testing.T) {
@@ -1185,7 +1102,8 @@ func TestShutdownTunnelEndsDuringGrace(t *testing.T) {
 		}
 		done <- sum
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The tunnel ends once the drain has counted it open.
+	ts.log.WaitFor(t, 5*time.Second, "sshd draining", map[string]string{"open_tunnels": "1"})
 	tun.Close()
 	select {
 	case sum := <-done:

@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bastion-dev/bastion/internal/procfs"
 )
 
 // helperOrphans: 100 double-forked grandchildren (plain, setsid, own process
@@ -68,9 +70,9 @@ func helperOrphans(h *helper) int {
 	if got := s.Stats().Orphans; got < n {
 		h.failf("reaped %d orphans, want >= %d; left: %s", got, n, describe(others()))
 	}
-	left, ok := waitProcs(3*time.Second, func(p []procInfo) bool { return len(p) == 0 })
+	left, ok := waitProcs(3*time.Second, func(p []procfs.Stat) bool { return len(p) == 0 })
 	for _, p := range left {
-		if p.state == 'Z' {
+		if p.State == 'Z' {
 			zombiesSeen++
 		}
 	}
@@ -159,7 +161,7 @@ func helperMany(h *helper) int {
 	elapsed := time.Since(start)
 	stop()
 	<-orphansDone
-	if _, ok := waitProcs(5*time.Second, func(p []procInfo) bool { return len(p) == 0 }); !ok {
+	if _, ok := waitProcs(5*time.Second, func(p []procfs.Stat) bool { return len(p) == 0 }); !ok {
 		h.failf("processes left: %s", describe(others()))
 	}
 	st := s.Stats()
@@ -203,7 +205,6 @@ func helperChildEnv(h *helper) int {
 	if err != nil {
 		h.failf("open: %v", err)
 	}
-	var buf lockedBuffer
 	cases := []struct {
 		name    string
 		cmd     *exec.Cmd
@@ -215,9 +216,9 @@ func helperChildEnv(h *helper) int {
 			c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			return c
 		}(), []string{"0", "1", "2"}},
-		{"writer output", func() *exec.Cmd {
+		{"file output", func() *exec.Cmd {
 			c := exec.Command("sleep", "10")
-			c.Stdout, c.Stderr = &buf, &buf
+			c.Stdout, c.Stderr = os.Stderr, os.Stderr
 			return c
 		}(), []string{"0", "1", "2"}},
 		{"explicit env", func() *exec.Cmd {
@@ -472,16 +473,16 @@ func helperSweep(h *helper) int {
 			direct = c
 		}
 	}
-	procs, ok := waitProcs(5*time.Second, func(p []procInfo) bool {
+	procs, ok := waitProcs(5*time.Second, func(p []procfs.Stat) bool {
 		alive, stopped, ignoring := 0, 0, 0
 		for _, q := range p {
-			switch q.state {
+			switch q.State {
 			case 'Z':
 				continue
 			case 'T':
 				stopped++
 			}
-			if m, _ := statusMask(q.pid, "SigIgn"); m&(1<<(syscall.SIGTERM-1)) != 0 {
+			if m, _ := statusMask(q.PID, "SigIgn"); m&(1<<(syscall.SIGTERM-1)) != 0 {
 				ignoring++
 			}
 			alive++
@@ -532,120 +533,34 @@ func median(d []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// slowWriter takes delay per Write.
-type slowWriter struct {
-	lockedBuffer
-	delay time.Duration
-}
-
-func (w *slowWriter) Write(p []byte) (int, error) {
-	time.Sleep(w.delay)
-	return w.lockedBuffer.Write(p)
-}
-
-// helperOutput: output to a non-*os.File writer arrives line by line; Done
-// does not wait for it; copying stops OutputDelay after the reap even while a
-// leftover process holds the pipe; refused and failing starts leave nothing.
-func helperOutput(h *helper) int {
+// helperRefused: starts that cannot be supervised are refused before
+// anything runs, a binary that cannot be executed is an error, and neither
+// leaves a process behind.
+func helperRefused(h *helper) int {
 	s := h.init()
-	const delay = 300 * time.Millisecond // h.start's OutputDelay
-
-	var shared lockedBuffer
-	cmd := sh(`echo hello; echo err >&2; (sleep 5 &); printf partial`)
-	cmd.Stdout, cmd.Stderr = &shared, &shared
-	c, err := s.Start(cmd)
-	if err != nil {
-		h.failf("start: %v", err)
-		return 1
-	}
-	h.wait(c, 5*time.Second)
-	reaped := time.Now()
-	select {
-	case <-c.OutputDone():
-		h.failf("output ended before the leftover sleep let go of the pipe")
-	case <-time.After(delay / 2):
-	}
-	select {
-	case <-c.OutputDone():
-	case <-time.After(delay + time.Second):
-		h.failf("output copying still running %v after reap", time.Since(reaped))
-	}
-	h.metric("output_done_after_reap_ms", time.Since(reaped).Milliseconds())
-	if got := shared.String(); got != "hello\nerr\npartial" && got != "err\nhello\npartial" {
-		h.failf("shared output %q", got)
-	}
-
-	var out, errw lockedBuffer
-	cmd = sh(`head -c 100000 /dev/zero | tr '\0' a; echo; echo oops >&2`)
-	cmd.Stdout, cmd.Stderr = &out, &errw
-	if c, err = s.Start(cmd); err != nil {
-		h.failf("start: %v", err)
-		return 1
-	}
-	h.wait(c, 5*time.Second)
-	select {
-	case <-c.OutputDone():
-	case <-time.After(delay / 2): // EOF comes at once: nobody else holds the pipes
-		h.failf("output not done at EOF")
-	}
-	if got := out.String(); len(got) != 100001 || strings.Trim(got, "a") != "\n" {
-		h.failf("long line: %d bytes", len(got))
-	}
-	if errw.String() != "oops\n" {
-		h.failf("stderr %q", errw.String())
-	}
-
-	// A slow destination: the copier is still behind when OutputDelay ends,
-	// with the last part of the output still in the pipe and a leftover
-	// holding it open. Everything the child wrote arrives anyway.
-	slow := &slowWriter{delay: 5 * time.Millisecond}
-	cmd = sh(`i=0; while [ $i -lt 300 ]; do printf '%04d %0995d\n' $i 0; i=$((i+1)); done; (sleep 5 &)`)
-	cmd.Stdout, cmd.Stderr = slow, slow
-	if c, err = s.Start(cmd); err != nil {
-		h.failf("start: %v", err)
-		return 1
-	}
-	h.wait(c, 10*time.Second)
-	select {
-	case <-c.OutputDone():
-	case <-time.After(10 * time.Second):
-		h.failf("slow output not done")
-	}
-	if lines := strings.Split(strings.TrimSuffix(slow.String(), "\n"), "\n"); len(lines) != 300 || !strings.HasPrefix(lines[299], "0299 ") || len(lines[299]) != 1000 {
-		h.failf("slow destination: %d lines, last %.10q", len(lines), lines[len(lines)-1])
-	}
-
-	// Refused or failing starts.
 	if _, err := s.Start(exec.Command("/nonexistent/agent")); err == nil {
 		h.failf("start of a missing binary succeeded")
 	}
-	in := exec.Command("cat")
-	in.Stdin = strings.NewReader("x")
-	if _, err := s.Start(in); err == nil {
-		h.failf("non-file stdin accepted")
+	var buf bytes.Buffer
+	for name, cmd := range map[string]*exec.Cmd{
+		"stdin":  func() *exec.Cmd { c := exec.Command("cat"); c.Stdin = strings.NewReader("x"); return c }(),
+		"stdout": func() *exec.Cmd { c := exec.Command("echo"); c.Stdout = &buf; return c }(),
+		"stderr": func() *exec.Cmd { c := exec.Command("echo"); c.Stderr = &buf; return c }(),
+	} {
+		if _, err := s.Start(cmd); err == nil || !strings.Contains(err.Error(), name+" must be nil or an *os.File") {
+			h.failf("non-file %s: %v", name, err)
+		}
+		if cmd.Process != nil {
+			h.failf("non-file %s: started pid %d", name, cmd.Process.Pid)
+		}
 	}
 	if _, err := s.Start(exec.CommandContext(context.Background(), "true")); err == nil {
 		h.failf("CommandContext accepted")
 	}
-	if res, err := s.Sweep(context.Background(), time.Second); err != nil || res.Signalled != 2 {
-		h.failf("sweep of the leftover sleep: %+v %v", res, err)
+	wd := exec.Command("true")
+	wd.WaitDelay = time.Second
+	if _, err := s.Start(wd); err == nil {
+		h.failf("WaitDelay accepted")
 	}
 	if left := others(); len(left) != 0 {
 		h.failf("left: %s", describe(left))

@@ -19,6 +19,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bastion-dev/bastion/internal/logtest"
+	"github.com/bastion-dev/bastion/internal/procfs"
 )
 
 // The tests that need a real init re-execute this test binary as PID 1 of a
@@ -99,7 +102,7 @@ var helpers = map[string]func(*helper) int{
 	"sigint":   helperSigint,
 	"stop":     helperStop,
 	"sweep":    helperSweep,
-	"output":   helperOutput,
+	"refused":  helperRefused,
 }
 
 type helper struct {
@@ -132,7 +135,7 @@ func (h *helper) init() *Supervisor {
 
 func (h *helper) start() *Supervisor {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	s := New(Options{Logger: log, DropEnv: dropped, OutputDelay: 300 * time.Millisecond})
+	s := New(Options{Logger: log, DropEnv: dropped})
 	go s.Run(context.Background())
 	return s
 }
@@ -149,7 +152,7 @@ func (h *helper) wait(c *Child, d time.Duration) bool {
 
 // others lists the processes other than us that an init is answerable for:
 // all of /proc as PID 1, our descendants otherwise.
-func others() []procInfo {
+func others() []procfs.Stat {
 	procs, err := descendants(os.Getpid(), os.Getpid() == 1)
 	if err != nil {
 		panic(err)
@@ -158,7 +161,7 @@ func others() []procInfo {
 }
 
 // waitProcs polls others() until ok accepts it or d passes.
-func waitProcs(d time.Duration, ok func([]procInfo) bool) ([]procInfo, bool) {
+func waitProcs(d time.Duration, ok func([]procfs.Stat) bool) ([]procfs.Stat, bool) {
 	end := time.Now().Add(d)
 	for {
 		p := others()
@@ -172,11 +175,10 @@ func waitProcs(d time.Duration, ok func([]procInfo) bool) ([]procInfo, bool) {
 	}
 }
 
-func describe(procs []procInfo) string {
+func describe(procs []procfs.Stat) string {
 	var b strings.Builder
 	for _, p := range procs {
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.pid))
-		fmt.Fprintf(&b, "[pid %d ppid %d state %c %s] ", p.pid, p.ppid, p.state, strings.TrimSpace(string(comm)))
+		fmt.Fprintf(&b, "[pid %d ppid %d state %c %s] ", p.PID, p.PPID, p.State, p.Comm)
 	}
 	return b.String()
 }
@@ -221,6 +223,7 @@ var (
 type run struct {
 	code           int
 	stdout, stderr string
+	log            *logtest.Buffer // stderr: the supervisor's JSON log
 	elapsed        time.Duration
 }
 
@@ -258,11 +261,12 @@ func helperCmd(t *testing.T, mode string, w wrapper, extraEnv ...string) *exec.C
 func runHelper(t *testing.T, mode string, w wrapper, wantCode int, extraEnv ...string) run {
 	t.Helper()
 	cmd := helperCmd(t, mode, w, extraEnv...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
+	var out bytes.Buffer
+	errb := &logtest.Buffer{}
+	cmd.Stdout, cmd.Stderr = &out, errb
 	start := time.Now()
 	err := cmd.Run()
-	r := run{stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
+	r := run{stdout: out.String(), stderr: errb.String(), log: errb, elapsed: time.Since(start)}
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {
@@ -288,6 +292,8 @@ func tail(s string, n int) string {
 }
 
 // initPid finds the PID-1 helper's pid in our namespace: unshare's child.
+// Callers look only after the helper printed READY, and it then runs until
+// they signal it, so it cannot be gone before the look.
 func initPid(t *testing.T, unsharePid int) int {
 	t.Helper()
 	for range 500 {

@@ -23,9 +23,6 @@ const exitSignalOffset = 128
 // signal channel overflowed (tini's sigtimedwait timeout).
 const reapTick = time.Second
 
-// DefaultOutputDelay is Options.OutputDelay's default.
-const DefaultOutputDelay = time.Second
-
 // Options configures a Supervisor.
 type Options struct {
 	// Logger receives reaping, signal and shutdown records; nil discards them.
@@ -39,20 +36,14 @@ type Options struct {
 	// OnHangup is called (on the signal loop: it must not block) for each
 	// SIGHUP, which asks for a reload; nil = SIGHUP is logged and ignored.
 	OnHangup func()
-	// OutputDelay is how long, after a child is reaped, its output keeps being
-	// copied when cmd.Stdout or cmd.Stderr is not an *os.File (like
-	// exec.Cmd.WaitDelay): processes it left behind may hold the pipe open
-	// forever. Zero means DefaultOutputDelay.
-	OutputDelay time.Duration
 }
 
 // Supervisor is the process's only reaper and signal owner. Create one with
 // New, run Run in a goroutine for the life of the process.
 type Supervisor struct {
-	log         *slog.Logger
-	onHangup    func()
-	drop        map[string]bool
-	outputDelay time.Duration
+	log      *slog.Logger
+	onHangup func()
+	drop     map[string]bool
 
 	sigs    chan os.Signal
 	running atomic.Bool
@@ -84,17 +75,13 @@ func New(opts Options) *Supervisor {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Supervisor{
-		log:         log,
-		onHangup:    opts.OnHangup,
-		drop:        make(map[string]bool, len(opts.DropEnv)),
-		outputDelay: opts.OutputDelay,
-		sigs:        make(chan os.Signal, 64),
-		children:    make(map[int]*Child),
-		shutdown:    make(chan struct{}),
-		force:       make(chan struct{}),
-	}
-	if s.outputDelay <= 0 {
-		s.outputDelay = DefaultOutputDelay
+		log:      log,
+		onHangup: opts.OnHangup,
+		drop:     make(map[string]bool, len(opts.DropEnv)),
+		sigs:     make(chan os.Signal, 64),
+		children: make(map[int]*Child),
+		shutdown: make(chan struct{}),
+		force:    make(chan struct{}),
 	}
 	for _, name := range opts.DropEnv {
 		s.drop[name] = true

@@ -19,7 +19,13 @@ go test -race -count=1 -parallel 8 -timeout 30m ./...
 # -fuzztime ends under load (golang/go#75804, fixed in Go 1.27); a count has no
 # deadline to race.
 fuzztime=${FUZZTIME:-100000x}
-for pkg in ./sshd ./entrypoint; do
+# Every package under ./... whose test files declare a fuzz target.
+fuzzpkgs=$(go list -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}} {{end}}{{range .XTestGoFiles}}{{$d}}/{{.}} {{end}}' ./... |
+  xargs grep -l '^func Fuzz' | xargs -n1 dirname | sort -u | sed "s|^$PWD|.|" || true)
+if [ -z "$fuzzpkgs" ]; then
+  echo "no fuzz targets found under ./..."; exit 1
+fi
+for pkg in $fuzzpkgs; do
   for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
     echo "fuzz $pkg $target for $fuzztime"
     go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" > /tmp/fuzz-$$.log 2>&1 || { cat /tmp/fuzz-$$.log; exit 1; }

@@ -1,16 +1,17 @@
 package main
 
 import (
-	"github.com/bastion-dev/bastion/ssm"
-
 	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/bastion-dev/bastion/entrypoint"
+	"github.com/bastion-dev/bastion/internal/procfs"
+	"github.com/bastion-dev/bastion/ssm"
 )
 
 // What the healthcheck looks at in SSM mode: the agent's real registration
@@ -27,18 +28,21 @@ const healthBudget = 900 * time.Millisecond
 
 // healthcheck exits 0 only if the SSH listener answers with an SSH banner
 // and, in SSM mode, the agent runs and the registration file exists. It
-// reads only non-secret variables and finishes within a second.
+// reads the settings as the entrypoint does (never the keys) and finishes
+// within a second. A configuration the entrypoint would refuse is unhealthy:
+// no bastion runs with it.
 func healthcheck(args []string) int {
 	if len(args) != 0 {
 		fmt.Fprintln(os.Stderr, "usage: bastion healthcheck")
 		return 2
 	}
 	deadline := time.Now().Add(healthBudget)
-	addr := os.Getenv("BASTION_SSH_ADDR")
-	if addr == "" {
-		addr = ":22"
+	cfg, err := entrypoint.LoadSettings()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: %v\n", err)
+		return 1
 	}
-	host, port, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(cfg.Env.SSHAddr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "unhealthy: BASTION_SSH_ADDR: want host:port")
 		return 1
@@ -50,7 +54,7 @@ func healthcheck(args []string) int {
 		fmt.Fprintf(os.Stderr, "unhealthy: ssh: %v\n", err)
 		return 1
 	}
-	if ssmOn() {
+	if cfg.SSM {
 		if _, err := os.Stat(registrationFile); err != nil {
 			fmt.Fprintf(os.Stderr, "unhealthy: ssm: %s missing\n", registrationFile)
 			return 1
@@ -62,14 +66,6 @@ func healthcheck(args []string) int {
 	}
 	fmt.Println("healthy")
 	return 0
-}
-
-func ssmOn() bool {
-	switch strings.ToLower(os.Getenv("BASTION_SSM")) {
-	case "off", "false", "0":
-		return false
-	}
-	return os.Getenv("INSTANCE_IAM_ROLE") != ""
 }
 
 func checkBanner(addr string, deadline time.Time) error {
@@ -97,22 +93,11 @@ func checkBanner(addr string, deadline time.Time) error {
 	return fmt.Errorf("unexpected banner")
 }
 
-// processRunning looks for a live (not zombie) process by command name;
-// the kernel keeps only its first 15 bytes.
+// processRunning looks for a live (not zombie) process by command name.
 func processRunning(name string) bool {
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join(d, "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open || end+2 >= len(s) {
-			continue
-		}
-		comm, state := s[open+1:end], s[end+2]
-		if comm == name[:min(len(name), 15)] && state != 'Z' && state != 'X' {
+	procs, _ := procfs.All()
+	for _, p := range procs {
+		if p.Comm == procfs.Comm(name) && p.Alive() {
 			return true
 		}
 	}

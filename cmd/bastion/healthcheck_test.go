@@ -47,6 +47,7 @@ func runHealth(t *testing.T) (int, time.Duration) {
 
 func TestHealthcheckSSH(t *testing.T) {
 	t.Setenv("INSTANCE_IAM_ROLE", "")
+	t.Setenv("BASTION_SSM", "")
 	_, port, _ := net.SplitHostPort(serveBanner(t, "SSH-2.0-Go\r\n"))
 	tests := []struct {
 		name string
@@ -116,6 +117,7 @@ func TestHealthcheckSSM(t *testing.T) {
 	agentName = fmt.Sprintf("hc%d-ssm-agent-x", os.Getpid()%100000)
 	t.Setenv("BASTION_SSH_ADDR", serveBanner(t, "SSH-2.0-Go\r\n"))
 	t.Setenv("INSTANCE_IAM_ROLE", "bastion-agent")
+	t.Setenv("AWS_REGION", "eu-west-1")
 	t.Setenv("BASTION_SSM", "")
 
 	check := func(t *testing.T, want int) {
@@ -151,8 +153,35 @@ func TestHealthcheckSSM(t *testing.T) {
 	t.Run("agent is a zombie", func(t *testing.T) { check(t, 1) })
 	agent.Wait()
 
-	t.Run("BASTION_SSM=off checks only ssh", func(t *testing.T) {
-		t.Setenv("BASTION_SSM", "off")
+	// BASTION_SSM as the entrypoint reads it: the agent is gone now, so
+	// every spelling of "on" must fail and every spelling of "off" pass.
+	for _, tc := range []struct {
+		ssm, role string
+		want      int
+	}{
+		{"off", "bastion-agent", 0},
+		{"OFF", "bastion-agent", 0},
+		{"false", "bastion-agent", 0},
+		{"0", "bastion-agent", 0},
+		{"auto", "", 0},
+		{"", "", 0},
+		{"auto", "bastion-agent", 1},
+		{"on", "bastion-agent", 1},
+		{"true", "bastion-agent", 1},
+		{"1", "bastion-agent", 1},
+		// Configurations the entrypoint refuses: no bastion runs with them.
+		{"on", "", 1},
+		{"maybe", "bastion-agent", 1},
+	} {
+		t.Run(fmt.Sprintf("BASTION_SSM=%q INSTANCE_IAM_ROLE=%q", tc.ssm, tc.role), func(t *testing.T) {
+			t.Setenv("BASTION_SSM", tc.ssm)
+			t.Setenv("INSTANCE_IAM_ROLE", tc.role)
+			check(t, tc.want)
+		})
+	}
+	t.Run("BASTION_SSM=on with the agent running", func(t *testing.T) {
+		fakeAgent(t, dir, agentName)
+		t.Setenv("BASTION_SSM", "on")
 		check(t, 0)
 	})
 	t.Run("ssh down fails even with ssm healthy", func(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
@@ -173,16 +172,9 @@ func sshConfigHostKey(file string) (gossh.PublicKey, string, error) {
 	if strings.TrimSpace(value) == "" {
 		return nil, "", nil
 	}
-	if k := parsePublicKeyText([]byte(value)); k != nil {
-		return k, source, nil
-	}
-	compact := strings.Join(strings.Fields(value), "")
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(compact); err == nil {
-			if k := parsePublicKeyText(b); k != nil {
-				return k, source, nil
-			}
-		}
+	isPublicKey := func(b []byte) bool { return parsePublicKeyText(b) != nil }
+	if text, err := entrypoint.DecodeKeyText(source, value, isPublicKey); err == nil {
+		return parsePublicKeyText(text), source, nil
 	}
 	if signer, err := entrypoint.ParseHostKey(source, value); err == nil {
 		return signer.PublicKey(), source, nil

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -251,5 +252,52 @@ func checkWithOpenSSH(t *testing.T, config, alias, id string) {
 				t.Errorf("known_hosts line does not parse: %v", err)
 			}
 		}
+	}
+}
+
+// TestSSHConfigHostKey: every form of the host key value the entrypoint
+// takes, and a known_hosts line, gives the same public key.
+func TestSSHConfigHostKey(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := signer.PublicKey()
+	line := string(gossh.MarshalAuthorizedKey(key))
+	block, err := gossh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemText := string(pem.EncodeToMemory(block))
+	wrapped := base64.StdEncoding.EncodeToString([]byte(line))
+	wrapped = wrapped[:20] + "\n" + wrapped[20:] + "\n"
+	for _, tc := range []struct {
+		name, value string
+		ok          bool
+	}{
+		{"authorized_keys line", line, true},
+		{"line with a comment and blank lines", "\n# host key\n" + strings.TrimSpace(line) + " bastion@example\n", true},
+		{"known_hosts line", knownhosts.Line([]string{"bastion"}, key), true},
+		{"base64, wrapped", wrapped, true},
+		{"base64 URL-safe unpadded", base64.RawURLEncoding.EncodeToString([]byte(line)), true},
+		{"private key", pemText, true},
+		{"private key base64", base64.StdEncoding.EncodeToString([]byte(pemText)), true},
+		{"garbage", "not a key", false},
+		{"base64 of garbage", base64.StdEncoding.EncodeToString([]byte("not a key")), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("SSH_PUBLIC_HOST_KEY_BASE64ENCODED", tc.value)
+			got, source, err := sshConfigHostKey("")
+			if !tc.ok {
+				if err == nil || strings.Contains(err.Error(), tc.value) {
+					t.Fatalf("sshConfigHostKey = %v, %v; want an error without the value", got, err)
+				}
+				return
+			}
+			if err != nil || got == nil || !bytes.Equal(got.Marshal(), key.Marshal()) || source != "SSH_PUBLIC_HOST_KEY_BASE64ENCODED" {
+				t.Fatalf("sshConfigHostKey = %v, %q, %v; want %s", got, source, err, gossh.FingerprintSHA256(key))
+			}
+		})
 	}
 }

@@ -1,5 +1,5 @@
-// Package pipes holds what the supervisor and the SSM lifecycle both need
-// when they read a child's output: the pipe's write end may be held open by
+// Package pipes holds what a reader of a child's output needs (today the
+// SSM lifecycle's agent output): the pipe's write end may be held open by
 // processes the child left behind, so EOF is never a given.
 package pipes
 

@@ -42,6 +42,8 @@ import (
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-dev/bastion/internal/procfs"
 )
 
 type options struct {
@@ -503,30 +505,47 @@ func (b *bench) startOpenSSH(name, authorized string, extra []string, isJump boo
 	if err := os.WriteFile(ak, []byte(authorized+"\n"), 0o600); err != nil {
 		return 0, nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return 0, nil, err
+	// The port is picked before sshd binds it, so another process can take
+	// it in between (the smoke test runs beside the rest of the suite):
+	// sshd then exits, and another port is tried. "Server listening" (at
+	// sshd's default LogLevel INFO) proves that sshd itself holds the port.
+	var port int
+	var cmd *exec.Cmd
+	for attempt := 1; ; attempt++ {
+		if port, err = freePort(); err != nil {
+			return 0, nil, err
+		}
+		cfg := fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\nPidFile none\nUsePAM no\nStrictModes no\n"+
+			"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n%s\n",
+			port, hkPath, ak, strings.Join(extra, "\n"))
+		cfgPath := filepath.Join(d, "sshd_config")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			return 0, nil, err
+		}
+		logPath := filepath.Join(d, "sshd.log")
+		logf, err := os.Create(logPath)
+		if err != nil {
+			return 0, nil, err
+		}
+		cmd = exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if cgfd >= 0 {
+			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
+		}
+		err = cmd.Start()
+		logf.Close()
+		if err != nil {
+			return 0, nil, err
+		}
+		listening, err := waitSSHD(cmd, logPath, port, 10*time.Second)
+		if listening {
+			break
+		}
+		log, _ := os.ReadFile(logPath)
+		if err != nil || attempt == 5 || !strings.Contains(string(log), "Address already in use") {
+			return 0, nil, fmt.Errorf("sshd %s did not listen on port %d (%v):\n%s", name, port, err, log)
+		}
 	}
-	cfg := fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\nPidFile none\nUsePAM no\nStrictModes no\n"+
-		"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel ERROR\n%s\n",
-		port, hkPath, ak, strings.Join(extra, "\n"))
-	cfgPath := filepath.Join(d, "sshd_config")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return 0, nil, err
-	}
-	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
-	logf, err := os.Create(filepath.Join(d, "sshd.log"))
-	if err != nil {
-		return 0, nil, err
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if cgfd >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgfd}
-	}
-	if err := cmd.Start(); err != nil {
-		return 0, nil, err
-	}
-	logf.Close()
 	b.lastCmd = cmd
 	if !isJump {
 		b.target = cmd
@@ -535,5 +554,29 @@ func (b *bench) startOpenSSH(name, authorized string, extra []string, isJump boo
 	if err != nil {
 		return 0, nil, err
 	}
-	return port, pk, waitTCP("127.0.0.1:"+strconv.Itoa(port), 10*time.Second)
+	return port, pk, nil
+}
+
+// waitSSHD waits for sshd's "Server listening" line for port in its log. It
+// returns false, with the exit reaped, when sshd exits first (it stays a
+// zombie until then: nothing else waits for it); an error when neither
+// happens in time (sshd is then killed).
+func waitSSHD(cmd *exec.Cmd, logPath string, port int, timeout time.Duration) (bool, error) {
+	want := fmt.Sprintf("Server listening on 127.0.0.1 port %d.", port)
+	deadline := time.Now().Add(timeout)
+	for {
+		if log, _ := os.ReadFile(logPath); strings.Contains(string(log), want) {
+			return true, nil
+		}
+		if st, err := procfs.ReadStat(cmd.Process.Pid); err != nil || !st.Alive() {
+			cmd.Wait()
+			return false, nil
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return false, fmt.Errorf("no %q within %v", want, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

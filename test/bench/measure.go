@@ -2,8 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bastion-dev/bastion/internal/procfs"
 )
 
 // A jump daemon's resource use is measured over its whole process tree:
@@ -28,57 +28,23 @@ import (
 
 var clkTck = 100.0 // USER_HZ; 100 on every Linux ABI Go supports
 
-type procStat struct {
-	pid, ppid                    int
-	utime, stime, cutime, cstime uint64
-}
-
-func readStat(pid int) (procStat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return procStat{}, err
-	}
-	// comm may contain spaces and parentheses: split after the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return procStat{}, errors.New("bad stat")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); utime is field 14.
-	if len(f) < 15 {
-		return procStat{}, errors.New("short stat")
-	}
-	num := func(k int) uint64 { v, _ := strconv.ParseUint(f[k-3], 10, 64); return v }
-	ppid, _ := strconv.Atoi(f[1])
-	return procStat{pid: pid, ppid: ppid, utime: num(14), stime: num(15), cutime: num(16), cstime: num(17)}, nil
-}
-
-// tree returns root and its live descendants.
-func tree(root int) []procStat {
-	ents, _ := os.ReadDir("/proc")
-	children := map[int][]procStat{}
-	var rootStat *procStat
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+// tree returns root and its descendants as /proc lists them.
+func tree(root int) []procfs.Stat {
+	all, _ := procfs.All()
+	children := map[int][]procfs.Stat{}
+	var rootStat *procfs.Stat
+	for i, st := range all {
+		if st.PID == root {
+			rootStat = &all[i]
 		}
-		st, err := readStat(pid)
-		if err != nil {
-			continue
-		}
-		if pid == root {
-			s := st
-			rootStat = &s
-		}
-		children[st.ppid] = append(children[st.ppid], st)
+		children[st.PPID] = append(children[st.PPID], st)
 	}
 	if rootStat == nil {
 		return nil
 	}
-	out := []procStat{*rootStat}
+	out := []procfs.Stat{*rootStat}
 	for i := 0; i < len(out); i++ {
-		out = append(out, children[out[i].pid]...)
+		out = append(out, children[out[i].PID]...)
 	}
 	return out
 }
@@ -98,7 +64,7 @@ func (d *daemon) cpuSeconds() float64 {
 	}
 	var ticks uint64
 	for _, p := range tree(d.pid) {
-		ticks += p.utime + p.stime + p.cutime + p.cstime
+		ticks += p.UTime + p.STime + p.CUTime + p.CSTime
 	}
 	return float64(ticks) / clkTck
 }
@@ -114,8 +80,8 @@ func (d *daemon) mem() memSample {
 	var m memSample
 	for _, p := range tree(d.pid) {
 		m.Procs++
-		m.RSSMiB += float64(statusKB(p.pid, "VmRSS:")) / 1024
-		m.PSSMiB += float64(rollupKB(p.pid, "Pss:")) / 1024
+		m.RSSMiB += float64(statusKB(p.PID, "VmRSS:")) / 1024
+		m.PSSMiB += float64(rollupKB(p.PID, "Pss:")) / 1024
 	}
 	if d.cgroup != "" {
 		if b, err := os.ReadFile(filepath.Join(d.cgroup, "memory.current")); err == nil {

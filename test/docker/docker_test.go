@@ -10,7 +10,6 @@
 package docker
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -25,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/test/fakessm"
 	"github.com/bastion-dev/bastion/test/harness"
 )
@@ -238,57 +238,30 @@ func waitHealthy(t *testing.T, id string, timeout time.Duration) time.Duration {
 	}
 }
 
-// logLines parses the container's stdout (one JSON object per line).
-func logLines(t *testing.T, id string) (lines []map[string]any, raw string) {
+// containerLog reads the container's output (one JSON object per line).
+func containerLog(t *testing.T, id string) *logtest.Buffer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var out bytes.Buffer
+	out := &logtest.Buffer{}
 	cmd := exec.CommandContext(ctx, "docker", "logs", id)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("docker logs: %v", err)
 	}
-	sc := bufio.NewScanner(&out)
-	sc.Buffer(make([]byte, 64*1024), 4<<20)
-	var b strings.Builder
-	for sc.Scan() {
-		b.WriteString(sc.Text() + "\n")
-		m := map[string]any{}
-		if json.Unmarshal(sc.Bytes(), &m) != nil {
-			m = map[string]any{"raw": sc.Text()}
-		}
-		lines = append(lines, m)
-	}
-	return lines, b.String()
-}
-
-func findLog(lines []map[string]any, msg string, match map[string]string) map[string]any {
-	for _, m := range lines {
-		if m["msg"] != msg {
-			continue
-		}
-		ok := true
-		for k, v := range match {
-			ok = ok && fmt.Sprint(m[k]) == v
-		}
-		if ok {
-			return m
-		}
-	}
-	return nil
+	return out
 }
 
 func waitLog(t *testing.T, id string, timeout time.Duration, msg string, match map[string]string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		lines, raw := logLines(t, id)
-		if m := findLog(lines, msg, match); m != nil {
-			return m
+		log := containerLog(t, id)
+		if found := log.Find(msg, match); len(found) > 0 {
+			return found[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("container %.12s: no log line %q %v within %v:\n%s", id, msg, match, timeout, raw)
+			t.Fatalf("container %.12s: no log line %q %v within %v:\n%s", id, msg, match, timeout, log.String())
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -310,18 +283,12 @@ func stop(t *testing.T, id string) (time.Duration, int) {
 // checkShutdown asserts the ordered shutdown in the logs.
 func checkShutdown(t *testing.T, id string, steps ...string) {
 	t.Helper()
-	lines, raw := logLines(t, id)
+	log := containerLog(t, id)
+	lines, raw := log.Records(), log.String()
 	last := -1
 	idx := func(msg string, match map[string]string) int {
 		for i, m := range lines {
-			if m["msg"] != msg {
-				continue
-			}
-			ok := true
-			for k, v := range match {
-				ok = ok && fmt.Sprint(m[k]) == v
-			}
-			if ok {
+			if m["msg"] == msg && logtest.Matches(m, match) {
 				return i
 			}
 		}
@@ -433,7 +400,7 @@ func testBadVariable(t *testing.T, e *env) {
 	if code == "0" {
 		t.Fatalf("bastion with BASTION_STOP_TIMEOUT=soon exited 0")
 	}
-	_, raw := logLines(t, id)
+	raw := containerLog(t, id).String()
 	var nonEmpty []string
 	for _, l := range strings.Split(raw, "\n") {
 		if strings.TrimSpace(l) != "" {

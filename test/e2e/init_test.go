@@ -7,13 +7,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/procfs"
 	"github.com/bastion-dev/bastion/test/harness"
 )
 
@@ -31,22 +31,16 @@ func nsProcs(t *testing.T, pid int) []procStat {
 	if err != nil {
 		t.Fatalf("read pid ns of %d (process gone?): %v", pid, err)
 	}
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	all, err := procfs.All()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out []procStat
-	for _, d := range dirs {
-		if l, err := os.Readlink(d + "/ns/pid"); err != nil || l != ns {
+	for _, p := range all {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", p.PID)); err != nil || l != ns {
 			continue
 		}
-		b, err := os.ReadFile(d + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		f := strings.Fields(s[end+2:])
-		p, _ := strconv.Atoi(filepath.Base(d))
-		pp, _ := strconv.Atoi(f[1])
-		out = append(out, procStat{pid: p, ppid: pp, state: f[0][0], comm: s[open+1 : end]})
+		out = append(out, procStat{pid: p.PID, ppid: p.PPID, state: p.State, comm: p.Comm})
 	}
 	return out
 }
@@ -132,24 +126,7 @@ func TestSIGTERMDrain(t *testing.T) {
 		Namespaced: true,
 		Env:        map[string]string{"BASTION_DRAIN_TIMEOUT": "3s", "BASTION_STOP_TIMEOUT": "10s"},
 	})
-	cmd := exec.Command("ssh", "-F", s.config, "-W", fmt.Sprintf("127.0.0.1:%d", eport), "bastion")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	p := harness.Start(t, cmd)
-	out := bufio.NewReader(stdout)
-	roundTrip := func(msg string) error {
-		if _, err := io.WriteString(stdin, msg+"\n"); err != nil {
-			return err
-		}
-		got, err := out.ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if got != msg+"\n" {
-			return fmt.Errorf("echo %q", got)
-		}
-		return nil
-	}
+	p, roundTrip := echoTunnel(t, s.config, eport)
 	if err := roundTrip("before"); err != nil {
 		t.Fatal(err)
 	}
@@ -190,39 +167,108 @@ func TestRepeatedSignals(t *testing.T) {
 	echo := harness.Serve(t, "tcp", "127.0.0.1:0", harness.Echo)
 	eport := echo.Addr().(*net.TCPAddr).Port
 	for _, tc := range []struct {
-		name string
-		sig  syscall.Signal
-		want int
-		max  time.Duration
+		name  string
+		sig   syscall.Signal
+		want  int
+		max   time.Duration
+		lines map[string]int // the supervisor's line for each signal
 	}{
-		{"SIGTERM x3 drains once and exits 0", syscall.SIGTERM, 0, 8 * time.Second},
-		{"SIGINT x3 forces exit 130", syscall.SIGINT, 130, 2 * time.Second},
+		{"SIGTERM x3 drains once and exits 0", syscall.SIGTERM, 0, 8 * time.Second, map[string]int{
+			msgShutdownRequested: 1, msgAlreadyShuttingDown: 2, msgForcing: 0}},
+		{"SIGINT x3 forces exit 130", syscall.SIGINT, 130, 2 * time.Second, map[string]int{
+			msgShutdownRequested: 1, msgAlreadyShuttingDown: 1, msgForcing: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newJump(t, func(int) string { return fmt.Sprintf("127.0.0.1:%d", eport) }, "", harness.BastionOptions{
 				Namespaced: true,
 				Env:        map[string]string{"BASTION_DRAIN_TIMEOUT": "4s", "BASTION_STOP_TIMEOUT": "10s"},
 			})
-			// Hold a tunnel so the drain waits its whole grace.
-			cmd := exec.Command("ssh", "-F", s.config, "-W", fmt.Sprintf("127.0.0.1:%d", eport), "bastion")
-			stdin, _ := cmd.StdinPipe()
-			defer stdin.Close()
-			harness.Start(t, cmd)
-			s.bastion.Log.WaitFor(t, 10*time.Second, "auth", map[string]string{"result": "accepted"})
-			time.Sleep(200 * time.Millisecond)
+			// Hold a tunnel so the drain waits its whole grace: an echo
+			// through it proves it is open.
+			_, roundTrip := echoTunnel(t, s.config, eport)
+			if err := roundTrip("open"); err != nil {
+				t.Fatal(err)
+			}
+			b := s.bastion
 			start := time.Now()
-			for i := 0; i < 3; i++ {
-				s.bastion.Kill(tc.sig)
-				time.Sleep(100 * time.Millisecond)
+			for i := 1; i <= 3; i++ {
+				b.Kill(tc.sig)
+				if i < 3 {
+					// Pending signals of one number merge into one: send
+					// the next only once this one was taken.
+					waitSignalsTaken(t, b, i)
+				}
 			}
-			code := s.bastion.Wait(12 * time.Second)
+			code := b.Wait(12 * time.Second)
 			if code != tc.want || time.Since(start) > tc.max {
-				t.Fatalf("exit %d after %v, want %d within %v:\n%s", code, time.Since(start), tc.want, tc.max, s.bastion.Log.String())
+				t.Fatalf("exit %d after %v, want %d within %v:\n%s", code, time.Since(start), tc.want, tc.max, b.Log.String())
 			}
-			if n := len(s.bastion.Log.Find("sshd draining", nil)); n != 1 {
+			if n := len(b.Log.Find("sshd draining", nil)); n != 1 {
 				t.Fatalf("drain started %d times", n)
 			}
+			for msg, want := range tc.lines {
+				if n := len(b.Log.Find(msg, nil)); n != want {
+					t.Fatalf("%d %q lines, want %d:\n%s", n, msg, want, b.Log.String())
+				}
+			}
 		})
+	}
+}
+
+// The supervisor's log line for each SIGTERM or SIGINT it takes.
+const (
+	msgShutdownRequested   = "supervisor: shutdown requested"
+	msgAlreadyShuttingDown = "supervisor: already shutting down"
+	msgForcing             = "supervisor: third SIGINT, forcing exit"
+)
+
+// waitSignalsTaken waits until the supervisor has logged n shutdown signals.
+func waitSignalsTaken(t *testing.T, b *harness.Bastion, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := 0
+		for _, msg := range []string{msgShutdownRequested, msgAlreadyShuttingDown, msgForcing} {
+			got += len(b.Log.Find(msg, nil))
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bastion logged %d of %d signals:\n%s", got, n, b.Log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// echoTunnel opens `ssh -W` through the bastion of config to the echo
+// service on port and returns the client and a line round trip through it.
+func echoTunnel(t *testing.T, config string, port int) (*harness.Proc, func(msg string) error) {
+	t.Helper()
+	cmd := exec.Command("ssh", "-F", config, "-W", fmt.Sprintf("127.0.0.1:%d", port), "bastion")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := harness.Start(t, cmd)
+	t.Cleanup(func() { stdin.Close() })
+	out := bufio.NewReader(stdout)
+	return p, func(msg string) error {
+		if _, err := io.WriteString(stdin, msg+"\n"); err != nil {
+			return err
+		}
+		got, err := out.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if got != msg+"\n" {
+			return fmt.Errorf("echo %q", got)
+		}
+		return nil
 	}
 }
 

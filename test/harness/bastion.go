@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BastionOptions says how to run the binary.
@@ -46,8 +49,13 @@ type Bastion struct {
 	Addr    string
 	HostKey Key
 	// Pid is the bastion's own PID as seen from the test (inside a
-	// namespace it is PID 1 there; unshare is its parent).
+	// namespace it is PID 1 there; unshare is its parent). Read /proc with
+	// it only while the bastion runs; signals go through Terminate and Kill.
 	Pid int
+	// signal reaches the bastion and nothing else: once it has exited its
+	// PID can name another process (pid_max is 32768 here, and the suite
+	// forks that many in minutes).
+	signal func(syscall.Signal) error
 }
 
 // StartBastion starts the real binary and waits for it to listen.
@@ -81,24 +89,15 @@ func StartBastion(t testing.TB, dir string, o BastionOptions) *Bastion {
 		}
 	}
 
-	var cmd *exec.Cmd
-	if o.Namespaced || len(o.Hosts) > 0 || len(o.Tmpfs) > 0 || len(o.Binds) > 0 || len(o.Init) > 0 {
-		RequireRoot(t)
-		RequireTools(t, "unshare")
-		script := namespaceScript(t, dir, o)
-		cmd = exec.Command("unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private",
-			"/bin/sh", "-c", script, "sh", bin)
+	if !o.Namespaced && len(o.Hosts) == 0 && len(o.Tmpfs) == 0 && len(o.Binds) == 0 && len(o.Init) == 0 {
+		cmd := exec.Command(bin)
+		cmd.Env = envList
+		b.Proc = Start(t, cmd)
+		b.Pid = cmd.Process.Pid
+		// os.Process signals through a pidfd and not after Wait.
+		b.signal = func(sig syscall.Signal) error { return cmd.Process.Signal(sig) }
 	} else {
-		cmd = exec.Command(bin)
-	}
-	cmd.Env = envList
-	b.Proc = Start(t, cmd)
-	b.Pid = cmd.Process.Pid
-	if cmd.Path != bin {
-		b.Pid = childOf(t, cmd.Process.Pid)
-		if len(o.Init) > 0 {
-			b.Pid = childNamed(t, b.Pid, filepath.Base(bin))
-		}
+		b.Proc, b.Pid, b.signal = startNamespaced(t, dir, bin, envList, o)
 	}
 	if !o.NoWait {
 		b.WaitStarted(t)
@@ -138,14 +137,74 @@ func (b *Bastion) WaitStarted(t testing.TB) {
 }
 
 // Terminate sends SIGTERM to the bastion itself (PID 1 of its namespace).
-func (b *Bastion) Terminate() { syscall.Kill(b.Pid, syscall.SIGTERM) }
+func (b *Bastion) Terminate() { b.signal(syscall.SIGTERM) }
 
-// Kill sends sig to the bastion itself.
-func (b *Bastion) Kill(sig syscall.Signal) { syscall.Kill(b.Pid, sig) }
+// Kill sends sig to the bastion itself; once it has exited, to nothing.
+func (b *Bastion) Kill(sig syscall.Signal) { b.signal(sig) }
 
+// startNamespaced runs bin as PID 1 of new PID and mount namespaces (or
+// under o.Init there) and returns its PID as the test sees it, and a way to
+// signal it. The shell that becomes the bastion reports that PID on fd 3 and
+// waits on fd 4 until the harness holds a pidfd for it, then execs: the PID
+// is known even when the bastion exits at once (a refused config), without
+// looking for children of unshare after the fact, and signals never reach a
+// process that got the PID later.
+func startNamespaced(t testing.TB, dir, bin string, env []string, o BastionOptions) (*Proc, int, func(syscall.Signal) error) {
+	t.Helper()
+	RequireRoot(t)
+	RequireTools(t, "unshare", "mount", "umount")
+	// The host's /proc stays reachable here until the report is written: a
+	// process reads its own PID in the host's numbering from there.
+	hostProc, err := os.MkdirTemp(dir, "hostproc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	report, reportW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer report.Close()
+	ackR, ack, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ack.Close()
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount", "--propagation", "private",
+		"/bin/sh", "-c", namespaceScript(t, dir, o), "sh", bin, hostProc)
+	cmd.Env = env
+	cmd.ExtraFiles = []*os.File{reportW, ackR} // fds 3 and 4
+	p := Start(t, cmd)
+	reportW.Close()
+	ackR.Close()
+	report.SetReadDeadline(time.Now().Add(30 * time.Second))
+	line, err := bufio.NewReader(report).ReadString('\n')
+	pid, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil || pid <= 0 {
+		p.Wait(5 * time.Second)
+		t.Fatalf("the namespace script reported no bastion PID (%q, %v):\n%s", line, err, p.Log.String())
+	}
+	// The shell waits for the ack, so pid is still its own here.
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd of the bastion (pid %d): %v", pid, err)
+	}
+	t.Cleanup(func() { unix.Close(pidfd) })
+	if _, err := ack.Write([]byte("\n")); err != nil {
+		t.Fatalf("ack to the namespace script: %v\n%s", err, p.Log.String())
+	}
+	return p, pid, func(sig syscall.Signal) error { return unix.PidfdSendSignal(pidfd, sig, nil, 0) }
+}
+
+// namespaceScript sets up the mount namespace ($1 is the bastion, $2 the
+// directory where the host's /proc stays mounted until the report) and
+// execs the bastion, or o.Init with the bastion, through a shell that
+// writes its PID to fd 3 and waits for a line on fd 4 first.
 func namespaceScript(t testing.TB, dir string, o BastionOptions) string {
 	var s strings.Builder
 	s.WriteString("set -e\n")
+	// As unshare --mount-proc would, but keeping the host's /proc at $2.
+	s.WriteString("mount --bind /proc \"$2\"\n")
+	s.WriteString("mount -t proc -o nosuid,noexec,nodev proc /proc\n")
 	if len(o.Hosts) > 0 {
 		hosts := filepath.Join(dir, fmt.Sprintf("hosts-%d", time.Now().UnixNano()))
 		content := "127.0.0.1 localhost\n::1 localhost ip6-localhost\n" + strings.Join(o.Hosts, "\n") + "\n"
@@ -164,46 +223,11 @@ func namespaceScript(t testing.TB, dir string, o BastionOptions) string {
 	for _, a := range o.Init {
 		init += fmt.Sprintf("%q ", a)
 	}
-	s.WriteString("exec " + init + "\"$1\"\n")
+	// The reporting shell reads /proc/self/stat of the host's /proc with a
+	// builtin, so it reads its own: the PID the bastion keeps after exec.
+	report := `set -e; read -r pid _ < "$1/self/stat"; umount "$1"; echo "$pid" >&3; read -r _ <&4; exec "$0" 3>&- 4<&-`
+	fmt.Fprintf(&s, "exec %s/bin/sh -c '%s' \"$1\" \"$2\"\n", init, report)
 	return s.String()
-}
-
-// childOf finds the single child of pid (unshare's forked child).
-func childOf(t testing.TB, pid int) int {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-		if err == nil {
-			if f := strings.Fields(string(b)); len(f) > 0 {
-				n, _ := strconv.Atoi(f[0])
-				return n
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("no child of %d", pid)
-	return 0
-}
-
-// childNamed waits for a child of pid whose command is name (the setup
-// script's mkdir and mount children come and go first).
-func childNamed(t testing.TB, pid int, name string) int {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-		for _, f := range strings.Fields(string(b)) {
-			comm, _ := os.ReadFile("/proc/" + f + "/comm")
-			if strings.TrimSpace(string(comm)) == name {
-				n, _ := strconv.Atoi(f)
-				return n
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("no child %q of %d", name, pid)
-	return 0
 }
 
 func splitPort(addr string) (string, int, error) {

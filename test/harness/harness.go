@@ -4,9 +4,6 @@
 package harness
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bastion-dev/bastion/internal/logtest"
 )
 
 // RequireTools fails the test loudly when a peer it needs is missing:
@@ -92,90 +91,11 @@ func Cleanup() {
 	}
 }
 
-// LogBuffer collects a process's output and lets tests wait for lines.
-type LogBuffer struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	cond *sync.Cond
-}
-
-func newLogBuffer() *LogBuffer {
-	l := &LogBuffer{}
-	l.cond = sync.NewCond(&l.mu)
-	return l
-}
-
-func (l *LogBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n, err := l.buf.Write(p)
-	l.cond.Broadcast()
-	return n, err
-}
-
-func (l *LogBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// Lines returns the JSON log lines parsed; non-JSON lines are returned with
-// key "raw".
-func (l *LogBuffer) Lines() []map[string]any {
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(l.String()))
-	sc.Buffer(make([]byte, 0, 64*1024), 4<<20)
-	for sc.Scan() {
-		m := map[string]any{}
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			m = map[string]any{"raw": sc.Text()}
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-// Find returns the log lines whose msg is msg and whose fields include all
-// of match (compared as text).
-func (l *LogBuffer) Find(msg string, match map[string]string) []map[string]any {
-	var out []map[string]any
-	for _, m := range l.Lines() {
-		if m["msg"] != msg {
-			continue
-		}
-		ok := true
-		for k, v := range match {
-			if fmt.Sprint(m[k]) != v {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// WaitFor waits until a log line with msg and match appears.
-func (l *LogBuffer) WaitFor(t testing.TB, timeout time.Duration, msg string, match map[string]string) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if found := l.Find(msg, match); len(found) > 0 {
-			return found[0]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line %q %v within %v; log:\n%s", msg, match, timeout, l.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // Proc is a started process with its combined output.
 type Proc struct {
-	Cmd  *exec.Cmd
-	Log  *LogBuffer
+	Cmd *exec.Cmd
+	// Log is the process's output (stdout and stderr): bastion's JSON log.
+	Log  *logtest.Buffer
 	done chan struct{}
 	err  error
 }
@@ -184,7 +104,7 @@ type Proc struct {
 // at test end if still running.
 func Start(t testing.TB, cmd *exec.Cmd) *Proc {
 	t.Helper()
-	p := &Proc{Cmd: cmd, Log: newLogBuffer(), done: make(chan struct{})}
+	p := &Proc{Cmd: cmd, Log: &logtest.Buffer{}, done: make(chan struct{})}
 	// Output the caller already took (StdoutPipe) stays with the caller.
 	if cmd.Stdout == nil {
 		cmd.Stdout = p.Log

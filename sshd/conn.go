@@ -251,6 +251,8 @@ func (s *Server) connClosed(cs *connState) {
 	authed, byUs := cs.authed, cs.closeReason != ""
 	s.mu.Unlock()
 	switch {
+	case cs.peer.HealthCheck:
+		s.log.Debug("connection closed", attrs...)
 	case authed || tried:
 		s.log.Info("connection closed", attrs...)
 	case byUs:

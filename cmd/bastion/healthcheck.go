@@ -1,13 +1,14 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"strings"
 	"time"
+
+	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-dev/bastion/entrypoint"
 	"github.com/bastion-dev/bastion/internal/procfs"
@@ -26,11 +27,13 @@ var (
 // few seconds and it must never pile up.
 const healthBudget = 900 * time.Millisecond
 
-// healthcheck exits 0 only if the SSH listener answers with an SSH banner
-// and, in SSM mode, the agent runs and the registration file exists. It
-// reads the settings as the entrypoint does (never the keys) and finishes
-// within a second. A configuration the entrypoint would refuse is unhealthy:
-// no bastion runs with it.
+// healthcheck exits 0 only if this bastion answers SSH on its address
+// (the key exchange proves the host key it published in its run state, so
+// another SSH server on the port does not pass) and, in SSM mode, the agent
+// runs and the registration file exists. It reads the settings as the
+// entrypoint does (never the keys) and finishes within a second. A
+// configuration the entrypoint would refuse is unhealthy: no bastion runs
+// with it.
 func healthcheck(args []string) int {
 	if len(args) != 0 {
 		fmt.Fprintln(os.Stderr, "usage: bastion healthcheck")
@@ -47,10 +50,26 @@ func healthcheck(args []string) int {
 		fmt.Fprintln(os.Stderr, "unhealthy: BASTION_SSH_ADDR: want host:port")
 		return 1
 	}
+	st, err := readRunState()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: %v\n", err)
+		return 1
+	}
+	if port == "0" {
+		// Any free port: the one it got is in the run state.
+		if _, p, err := net.SplitHostPort(st.SSHAddr); err == nil {
+			port = p
+		}
+	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
 	}
-	if err := checkBanner(net.JoinHostPort(host, port), deadline); err != nil {
+	hostKey, _, _, _, err := gossh.ParseAuthorizedKey([]byte(st.HostKey))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "unhealthy: run state: bad host key: %v\n", err)
+		return 1
+	}
+	if err := checkSSH(net.JoinHostPort(host, port), hostKey, deadline); err != nil {
 		fmt.Fprintf(os.Stderr, "unhealthy: ssh: %v\n", err)
 		return 1
 	}
@@ -68,29 +87,38 @@ func healthcheck(args []string) int {
 	return 0
 }
 
-func checkBanner(addr string, deadline time.Time) error {
+var errWrongHostKey = errors.New("the SSH server on this address is not this bastion (its host key differs from the one the bastion published)")
+
+// checkSSH runs a key exchange with addr and checks the server's host key
+// is want. Authenticating is not the point: the exchange alone proves the
+// server holds the private key.
+func checkSSH(addr string, want gossh.PublicKey, deadline time.Time) error {
 	c, err := net.DialTimeout("tcp", addr, time.Until(deadline))
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	c.SetDeadline(deadline)
-	// RFC 4253 4.2: the server may send other lines before its version
-	// line; at most a few, and the line is at most 255 bytes.
-	r := bufio.NewReaderSize(io.LimitReader(c, 8192), 512)
-	for i := 0; i < 16; i++ {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("no banner: %w", err)
-		}
-		if strings.HasPrefix(line, "SSH-2.0-") {
-			// Answer with our own version line so the server sees a
-			// polite client that went away, not garbage.
-			fmt.Fprint(c, "SSH-2.0-bastion-healthcheck\r\n")
+	proved := false
+	cfg := &gossh.ClientConfig{
+		User:          "healthcheck",
+		ClientVersion: "SSH-2.0-bastion-healthcheck",
+		HostKeyCallback: func(_ string, _ net.Addr, key gossh.PublicKey) error {
+			if !bytes.Equal(key.Marshal(), want.Marshal()) {
+				return errWrongHostKey
+			}
+			proved = true
 			return nil
-		}
+		},
 	}
-	return fmt.Errorf("unexpected banner")
+	_, _, _, err = gossh.NewClientConn(c, addr, cfg)
+	if proved {
+		return nil
+	}
+	if err == nil {
+		return errors.New("the server accepted an unauthenticated client")
+	}
+	return err
 }
 
 // processRunning looks for a live (not zombie) process by command name.

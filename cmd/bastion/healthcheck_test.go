@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
@@ -10,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/sshd"
 	"github.com/bastion-dev/bastion/test/harness"
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // serveBanner listens on loopback and writes banner to every client, then
@@ -45,19 +50,64 @@ func runHealth(t *testing.T) (int, time.Duration) {
 	return code, time.Since(start)
 }
 
+// sshServer serves the real SSH server with a fresh host key on loopback
+// and returns its address and host key.
+func sshServer(t *testing.T) (string, gossh.PublicKey) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := sshd.ParseAuthorizedKeys(gossh.MarshalAuthorizedKey(host.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := sshd.New(sshd.Config{HostSigners: []gossh.Signer{host}, AuthorizedKeys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return ln.Addr().String(), host.PublicKey()
+}
+
+// publish writes a run state naming addr and key where the healthcheck
+// looks, for this test.
+func publish(t *testing.T, addr string, key gossh.PublicKey) {
+	t.Helper()
+	old := runStateFiles
+	runStateFiles = []string{filepath.Join(t.TempDir(), "ssh.json")}
+	t.Cleanup(func() { runStateFiles = old })
+	if _, err := writeRunState(runState{PID: os.Getpid(), SSHAddr: addr, HostKey: string(gossh.MarshalAuthorizedKey(key))}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestHealthcheckSSH(t *testing.T) {
 	t.Setenv("INSTANCE_IAM_ROLE", "")
 	t.Setenv("BASTION_SSM", "")
-	_, port, _ := net.SplitHostPort(serveBanner(t, "SSH-2.0-Go\r\n"))
+	addr, key := sshServer(t)
+	other, _ := sshServer(t) // another SSH server: same software, another host key
+	_, port, _ := net.SplitHostPort(addr)
+	publish(t, addr, key)
 	tests := []struct {
 		name string
 		addr string
 		want int
 	}{
-		{"banner", serveBanner(t, "SSH-2.0-Go\r\n"), 0},
+		{"this bastion", addr, 0},
 		{"wildcard address checked on loopback", ":" + port, 0},
 		{"0.0.0.0 checked on loopback", "0.0.0.0:" + port, 0},
-		{"lines before the version line", serveBanner(t, "hello\r\nplease wait\r\nSSH-2.0-Go\r\n"), 0},
+		{"port 0: the one in the run state", "127.0.0.1:0", 0},
+		{"another SSH server", other, 1},
 		{"not ssh", serveBanner(t, "HTTP/1.1 400 Bad Request\r\n\r\n"), 1},
 		{"ssh 1 only", serveBanner(t, "SSH-1.5-old\r\n"), 1},
 		{"silent listener", serveBanner(t, ""), 1},
@@ -76,6 +126,13 @@ func TestHealthcheckSSH(t *testing.T) {
 			}
 		})
 	}
+	t.Run("no run state: no bastion here", func(t *testing.T) {
+		runStateFiles = []string{filepath.Join(t.TempDir(), "absent.json")}
+		t.Setenv("BASTION_SSH_ADDR", addr)
+		if code, _ := runHealth(t); code != 1 {
+			t.Fatalf("healthcheck without a run state = %d, want 1", code)
+		}
+	})
 }
 
 func TestHealthcheckUsage(t *testing.T) {
@@ -115,7 +172,9 @@ func TestHealthcheckSSM(t *testing.T) {
 	registrationFile = filepath.Join(dir, "registration")
 	// Longer than the 15 bytes the kernel keeps, as amazon-ssm-agent is.
 	agentName = fmt.Sprintf("hc%d-ssm-agent-x", os.Getpid()%100000)
-	t.Setenv("BASTION_SSH_ADDR", serveBanner(t, "SSH-2.0-Go\r\n"))
+	addr, key := sshServer(t)
+	publish(t, addr, key)
+	t.Setenv("BASTION_SSH_ADDR", addr)
 	t.Setenv("INSTANCE_IAM_ROLE", "bastion-agent")
 	t.Setenv("AWS_REGION", "eu-west-1")
 	t.Setenv("BASTION_SSM", "")

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -102,6 +103,8 @@ type bastion struct {
 	srv       *sshd.Server
 	serveErr  chan error
 	reclaimer *membudget.Reclaimer
+	// runStateFile tells the healthcheck the address and host key.
+	runStateFile string
 
 	// keys re-reads the authorized keys from Secrets Manager or a file;
 	// nil without a live source. SIGHUP reloads it.
@@ -295,6 +298,12 @@ func (b *bastion) startSSH(keys []sshd.AuthorizedKey) error {
 	b.srv = srv // drained at stop only once it serves
 	go func() { b.serveErr <- srv.Serve(ln) }()
 	b.runKeys()
+	hostKey := strings.TrimSpace(string(gossh.MarshalAuthorizedKey(b.cfg.HostSigner.PublicKey())))
+	if path, err := writeRunState(runState{PID: os.Getpid(), SSHAddr: ln.Addr().String(), HostKey: hostKey}); err != nil {
+		b.log.Warn("bastion healthcheck will report unhealthy: it cannot learn this bastion's host key", "error", err.Error())
+	} else {
+		b.runStateFile = path
+	}
 	b.log.Info("bastion started", "pid", os.Getpid(), "ssh_addr", ln.Addr().String(),
 		"host_key", gossh.FingerprintSHA256(b.cfg.HostSigner.PublicKey()),
 		"host_key_ephemeral", b.cfg.HostKeyEphemeral, "authorized_keys", len(keys),
@@ -395,6 +404,9 @@ func (b *bastion) stop(exit int) int {
 	}
 	if b.reclaimer != nil {
 		b.reclaimer.Stop()
+	}
+	if b.runStateFile != "" {
+		os.Remove(b.runStateFile)
 	}
 	b.cancel()
 	if b.notifyDone != nil {

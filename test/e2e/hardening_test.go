@@ -438,3 +438,37 @@ func mustSigner(t *testing.T, k harness.Key) gossh.Signer {
 	}
 	return s
 }
+
+// TestHealthcheckNotFooled: `bastion healthcheck` proves it is talking to
+// this bastion by its host key: another SSH server on the configured
+// address (an OpenSSH sshd here) is unhealthy.
+func TestHealthcheckNotFooled(t *testing.T) {
+	t.Parallel()
+	harness.RequireTools(t, "nsenter", "ssh-keygen")
+	dir := t.TempDir()
+	user := harness.Keygen(t, dir, "user")
+	b := harness.StartBastion(t, dir, harness.BastionOptions{Namespaced: true, Env: map[string]string{
+		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": harness.B64(user.Pub + "\n"),
+	}})
+	other := harness.StartTarget(t, dir, user.Pub)
+	bin, _ := harness.Build(t)
+	check := func(addr string) (int, string) {
+		cmd := exec.Command("nsenter", "-t", fmt.Sprint(b.Pid), "-m", "-p", "--", bin, "healthcheck")
+		cmd.Env = harness.BaseEnv(map[string]string{"BASTION_SSH_ADDR": addr})
+		out, _ := cmd.CombinedOutput()
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	if code, out := check(b.Addr); code != 0 {
+		t.Fatalf("healthcheck of the bastion: exit %d: %s", code, out)
+	}
+	code, out := check(fmt.Sprintf("127.0.0.1:%d", other.Port))
+	if code != 1 || !strings.Contains(out, "not this bastion") {
+		t.Fatalf("healthcheck of another sshd on the address: exit %d: %s", code, out)
+	}
+	// The healthcheck is recognised: its connections are not audit noise.
+	for _, l := range b.Log.Find("connection closed", nil) {
+		if l["level"] == "INFO" {
+			t.Errorf("a healthcheck connection logged at info: %v", l)
+		}
+	}
+}

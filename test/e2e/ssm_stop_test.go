@@ -456,7 +456,7 @@ func healthcheck(t *testing.T, b *harness.Bastion) (int, string) {
 	harness.RequireTools(t, "nsenter")
 	bin, _ := harness.Build(t)
 	cmd := exec.Command("nsenter", "-t", fmt.Sprint(b.Pid), "-m", "-p", "--", bin, "healthcheck")
-	cmd.Env = harness.BaseEnv(map[string]string{"BASTION_SSH_ADDR": b.Addr, "INSTANCE_IAM_ROLE": "bastion-agent"})
+	cmd.Env = harness.BaseEnv(map[string]string{"BASTION_SSH_ADDR": b.Addr, "INSTANCE_IAM_ROLE": "bastion-agent", "AWS_REGION": fakessm.DefaultRegion})
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode(), string(out)

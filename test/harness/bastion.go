@@ -205,6 +205,9 @@ func namespaceScript(t testing.TB, dir string, o BastionOptions) string {
 	// As unshare --mount-proc would, but keeping the host's /proc at $2.
 	s.WriteString("mount --bind /proc \"$2\"\n")
 	s.WriteString("mount -t proc -o nosuid,noexec,nodev proc /proc\n")
+	// The run state `bastion healthcheck` reads (/run/bastion) is each
+	// namespaced bastion's own, as a container's is.
+	s.WriteString("mkdir -p /run/bastion && mount -t tmpfs -o size=1m tmpfs /run/bastion\n")
 	if len(o.Hosts) > 0 {
 		hosts := filepath.Join(dir, fmt.Sprintf("hosts-%d", time.Now().UnixNano()))
 		content := "127.0.0.1 localhost\n::1 localhost ip6-localhost\n" + strings.Join(o.Hosts, "\n") + "\n"

@@ -256,6 +256,21 @@ func TestTaskDefinitionMatchesCode(t *testing.T) {
 			t.Errorf("execution role policy does not grant secretsmanager:GetSecretValue on %s (%s)", s.ValueFrom, s.Name)
 		}
 	}
+	// The live key source is read with the task role, for the life of the task.
+	if secret := env["BASTION_AUTHORIZED_KEYS_SECRET"]; secret != "" {
+		task := readPolicy(t, "iam-task-role-policy.json")
+		for _, action := range []string{"secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"} {
+			granted := false
+			for _, i := range task.allows(action) {
+				for _, r := range task.Statement[i].Resource {
+					granted = granted || iamMatch(r, secret)
+				}
+			}
+			if !granted {
+				t.Errorf("task role policy does not grant %s on BASTION_AUTHORIZED_KEYS_SECRET %s", action, secret)
+			}
+		}
+	}
 	if group := c.LogConfiguration.Options["awslogs-group"]; group != "" {
 		arn := "arn:aws:logs:" + env["AWS_REGION"] + ":123456789012:log-group:" + group + ":log-stream:x"
 		granted := false

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
@@ -45,9 +46,14 @@ func goDial(t *testing.T, b *harness.Bastion, user string, signers ...gossh.Sign
 func badConfigExit(t *testing.T, env map[string]string) (int, string) {
 	t.Helper()
 	bin, _ := harness.Build(t)
-	cmd := exec.Command(bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
 	cmd.Env = harness.BaseEnv(env)
 	out, _ := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("the bastion accepted the configuration and ran (killed after 30 s):\n%s", out)
+	}
 	return cmd.ProcessState.ExitCode(), string(out)
 }
 

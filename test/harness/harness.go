@@ -81,6 +81,11 @@ func Build(t testing.TB) (bastion, fakeAgentDir string) {
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
+	if other := os.Getenv("BASTION_E2E_BINARY"); other != "" {
+		// Another build of the binary (an older commit, to see a new test
+		// fail on the code before its fix), with this tree's fakes.
+		return other, filepath.Join(buildDir, "agent")
+	}
 	return filepath.Join(buildDir, "bastion"), filepath.Join(buildDir, "agent")
 }
 

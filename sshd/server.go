@@ -2,6 +2,38 @@
 // against an authorized_keys set with sshd(8) option semantics, and
 // direct-tcpip forwarding (ssh -J, -W, -L) under a destination policy. It
 // serves no sessions, shells or remote forwards.
+//
+// What comes from github.com/gliderlabs/ssh and what bastion owns:
+// gliderlabs provides the accept loop, the per-connection goroutine that
+// runs x/crypto/ssh's handshake, and the dispatch of channels and global
+// requests to handlers. Everything with a security or resource decision in
+// it is bastion's, on purpose:
+//
+//   - authentication: gliderlabs with no handler accepts everyone, and
+//     returns one shared Permissions value for every key it is asked about;
+//     publicKeyHandler (auth.go) gives each key its own, and the audit
+//     line of each attempt names only that attempt's key;
+//   - admission: MaxStartups per source and per SSM session, with sshd's
+//     random early drop, before any crypto (conn.go admit);
+//   - the identification exchange, read before the algorithm lists are
+//     offered, so that only the clients that need it get the wider list
+//     (compat.go), as OpenSSH's compat.c keys behaviour on the peer's
+//     version string;
+//   - deadlines: gliderlabs rewrites socket deadlines on every read and
+//     write; bastion's handshake deadline, keepalive (ClientAliveInterval
+//     semantics), idle and age limits are timers of its own
+//     (netconn.go deadlineFreeConn, conn.go, revoke.go);
+//   - forwarding: gliderlabs' direct-tcpip handler has no policy, no dial
+//     timeout and no half-close; handleDirectTCPIP (forward.go) decides on
+//     the address actually dialed, dials with a timeout, copies both ways
+//     with half-close, admits tunnels against the memory budget
+//     (limits.go) and writes the audit lines;
+//   - shutdown: gliderlabs' Shutdown waits on a WaitGroup that races a
+//     connection finishing its handshake; drain (server.go) closes the
+//     listeners, then connections without tunnels, lets tunnels run for the
+//     grace and cuts the rest;
+//   - live access: SetAuthorizedKeys swaps the key set and closes the
+//     connections it no longer admits (revoke.go).
 package sshd
 
 import (

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 
 	"github.com/bastion-dev/bastion/authkeys"
 	"github.com/bastion-dev/bastion/entrypoint"
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/sshd"
 	"github.com/bastion-dev/bastion/test/fakesecrets"
 )
@@ -53,51 +52,24 @@ func fingerprints(keys []sshd.AuthorizedKey) string {
 	return strings.Join(fps, ",")
 }
 
-// logCapture is a JSON slog destination whose lines a test can wait for.
+// logCapture is the watcher's JSON log, read line after line.
 type logCapture struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	lines chan map[string]any
+	*logtest.Buffer
+	follow *logtest.Follower
+	log    *slog.Logger
 }
 
-func newLogCapture() *logCapture { return &logCapture{lines: make(chan map[string]any, 10000)} }
-
-func (l *logCapture) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.buf.Write(p)
-	l.mu.Unlock()
-	m := map[string]any{}
-	if err := json.Unmarshal(p, &m); err != nil {
-		m["raw"] = string(p)
-	}
-	l.lines <- m
-	return len(p), nil
+func newLogCapture() *logCapture {
+	log, buf := logtest.New(slog.LevelDebug)
+	return &logCapture{Buffer: buf, follow: buf.Follow(), log: log}
 }
 
-func (l *logCapture) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logCapture) logger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+func (l *logCapture) logger() *slog.Logger { return l.log }
 
 // next returns the next line with message msg, skipping others.
 func (l *logCapture) next(t testing.TB, msg string) map[string]any {
 	t.Helper()
-	deadline := time.After(waitFor)
-	for {
-		select {
-		case m := <-l.lines:
-			if m["msg"] == msg {
-				return m
-			}
-		case <-deadline:
-			t.Fatalf("no log line %q within %v; log:\n%s", msg, waitFor, l.String())
-		}
-	}
+	return l.follow.Next(t, waitFor, msg)
 }
 
 // nextAfter returns the next line with message msg logged after since.

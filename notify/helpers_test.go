@@ -1,89 +1,19 @@
 package notify
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/test/webhook"
 )
 
-// logBuf collects the notifier's JSON log and wakes waiters on each line.
-type logBuf struct {
-	mu      sync.Mutex
-	b       bytes.Buffer
-	changed chan struct{}
-}
-
-func newLog() (*logBuf, *slog.Logger) {
-	l := &logBuf{changed: make(chan struct{})}
-	return l, slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	close(l.changed)
-	l.changed = make(chan struct{})
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuf) records() []map[string]any {
-	var out []map[string]any
-	for _, line := range strings.Split(l.String(), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			panic(fmt.Sprintf("log line is not JSON: %q", line))
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-// count returns the records with msg.
-func (l *logBuf) count(msg string) []map[string]any {
-	var out []map[string]any
-	for _, r := range l.records() {
-		if r["msg"] == msg {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// wait blocks until a record with msg is logged and returns it.
-func (l *logBuf) wait(t *testing.T, msg string) map[string]any {
-	t.Helper()
-	deadline := time.NewTimer(10 * time.Second)
-	defer deadline.Stop()
-	for {
-		l.mu.Lock()
-		changed := l.changed
-		l.mu.Unlock()
-		if rs := l.count(msg); len(rs) > 0 {
-			return rs[0]
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("no %q line in the log:\n%s", msg, l)
-		}
-	}
+func newLog() (*logtest.Buffer, *slog.Logger) {
+	log, logs := logtest.New(slog.LevelDebug)
+	return logs, log
 }
 
 // noSecret fails if the log (or any string) holds the receiver's URL or a

@@ -185,7 +185,7 @@ func TestRetryAfter(t *testing.T) {
 			if string(reqs[1].Body) != string(reqs[0].Body) {
 				t.Errorf("retry body differs")
 			}
-			logs.wait(t, "notification retry")
+			logs.WaitFor(t, 10*time.Second, "notification retry", nil)
 			n.stop(t)
 			if s := n.Stats(); s.Sent != 1 || s.Retried != 1 || s.Dropped != 0 {
 				t.Errorf("stats = %+v", s)
@@ -214,7 +214,7 @@ func TestRetryServerErrors(t *testing.T) {
 	if s := n.Stats(); s.Sent != 1 || s.Retried != 3 || s.Dropped != 0 {
 		t.Errorf("stats = %+v", s)
 	}
-	if len(logs.count("notification retry")) != 3 || len(logs.count("notification dropped")) != 0 {
+	if len(logs.Find("notification retry", nil)) != 3 || len(logs.Find("notification dropped", nil)) != 0 {
 		t.Errorf("log:\n%s", logs)
 	}
 	noSecret(t, "log", logs.String(), rcv)
@@ -234,7 +234,7 @@ func TestGiveUp(t *testing.T) {
 	n := startNotifier(t, cfg)
 
 	n.Notify(sessionStart("c1", "alice"))
-	r := logs.wait(t, "notification dropped")
+	r := logs.WaitFor(t, 10*time.Second, "notification dropped", nil)
 	for k, v := range map[string]any{"reason": "HTTP 500 internal_error", "attempts": 3.0, "status": 500.0,
 		"conn": "c1", "kind": "session_start", "level": "WARN"} {
 		if r[k] != v {
@@ -246,17 +246,17 @@ func TestGiveUp(t *testing.T) {
 	}
 
 	n.Notify(sessionStart("c2", "bob"))
-	s := logs.wait(t, "notifications still failing")
+	s := logs.WaitFor(t, 10*time.Second, "notifications still failing", nil)
 	if s["dropped"] != 1.0 || s["dropped_while_failing"] != 2.0 || s["reason"] != "HTTP 500 internal_error" {
 		t.Errorf("summary line = %v", s)
 	}
-	if got := len(logs.count("notification dropped")); got != 1 {
+	if got := len(logs.Find("notification dropped", nil)); got != 1 {
 		t.Errorf("%d 'notification dropped' lines, want 1 per burst", got)
 	}
 
 	rcv.SetDefault(webhook.Reply{})
 	n.Notify(sessionStart("c3", "carol"))
-	if a := logs.wait(t, "notifications delivered again"); a["dropped_while_failing"] != 2.0 {
+	if a := logs.WaitFor(t, 10*time.Second, "notifications delivered again", nil); a["dropped_while_failing"] != 2.0 {
 		t.Errorf("recovery line = %v", a)
 	}
 	if st := n.Stats(); st.Sent != 1 || st.DroppedFailed != 2 || st.Dropped != 2 || st.Retried != 4 {
@@ -301,7 +301,7 @@ func TestFinalAnswers(t *testing.T) {
 			rcv.SetDefault(tt.reply(rcv, other))
 			n := startNotifier(t, fastConfig(rcv.URL, log))
 			n.Notify(sessionStart("c1", "alice"))
-			r := logs.wait(t, "notification dropped")
+			r := logs.WaitFor(t, 10*time.Second, "notification dropped", nil)
 			if r["reason"] != tt.wantReason || r["attempts"] != 1.0 {
 				t.Errorf("dropped line = %v, want reason %q", r, tt.wantReason)
 			}
@@ -334,7 +334,7 @@ func TestNetworkFailures(t *testing.T) {
 		cfg.MaxAttempts = 2
 		n := startNotifier(t, cfg)
 		n.Notify(sessionStart("c1", "alice"))
-		if r := logs.wait(t, "notification dropped"); r["reason"] != "connection refused" || r["attempts"] != 2.0 {
+		if r := logs.WaitFor(t, 10*time.Second, "notification dropped", nil); r["reason"] != "connection refused" || r["attempts"] != 2.0 {
 			t.Errorf("dropped line = %v", r)
 		}
 		noSecret(t, "log", logs.String(), rcv)
@@ -349,7 +349,7 @@ func TestNetworkFailures(t *testing.T) {
 		cfg.RequestTimeout = 200 * time.Millisecond
 		n := startNotifier(t, cfg)
 		n.Notify(sessionStart("c1", "alice"))
-		if r := logs.wait(t, "notification dropped"); r["reason"] != "timeout" {
+		if r := logs.WaitFor(t, 10*time.Second, "notification dropped", nil); r["reason"] != "timeout" {
 			t.Errorf("dropped line = %v", r)
 		}
 		if got := len(rcv.Requests()); got != 2 {
@@ -365,7 +365,7 @@ func TestNetworkFailures(t *testing.T) {
 		cfg.MaxAttempts = 1
 		n := startNotifier(t, cfg)
 		n.Notify(sessionStart("c1", "alice"))
-		if r := logs.wait(t, "notification dropped"); r["reason"] != "tls: certificate signed by an unknown authority" {
+		if r := logs.WaitFor(t, 10*time.Second, "notification dropped", nil); r["reason"] != "tls: certificate signed by an unknown authority" {
 			t.Errorf("dropped line = %v", r)
 		}
 		if got := len(rcv.Requests()); got != 0 {
@@ -407,7 +407,7 @@ func TestPlainHTTPDialCheck(t *testing.T) {
 	}
 	runNotifier(t, n)
 	n.Notify(sessionStart("c1", "alice"))
-	if r := logs.wait(t, "notification dropped"); r["reason"] != "refused: plain http only to a loopback address" || r["attempts"] != 1.0 {
+	if r := logs.WaitFor(t, 10*time.Second, "notification dropped", nil); r["reason"] != "refused: plain http only to a loopback address" || r["attempts"] != 1.0 {
 		t.Errorf("dropped line = %v", r)
 	}
 	noSecret(t, "log", logs.String(), rcv)
@@ -441,7 +441,7 @@ func TestQueueOverflow(t *testing.T) {
 	}
 
 	r := runNotifier(t, n)
-	line := logs.wait(t, "notifications dropped: queue full")
+	line := logs.WaitFor(t, 10*time.Second, "notifications dropped: queue full", nil)
 	if line["dropped"] != 100.0 || line["dropped_total"] != 100.0 || line["queue_size"] != 5.0 || line["level"] != "WARN" {
 		t.Errorf("drop line = %v", line)
 	}
@@ -452,7 +452,7 @@ func TestQueueOverflow(t *testing.T) {
 		}
 	}
 	r.stop(t)
-	if got := len(logs.count("notifications dropped: queue full")); got != 1 {
+	if got := len(logs.Find("notifications dropped: queue full", nil)); got != 1 {
 		t.Errorf("%d drop lines, want 1:\n%s", got, logs)
 	}
 	if got := len(rcv.Requests()); got != 5 {
@@ -508,7 +508,7 @@ func TestHangingWebhook(t *testing.T) {
 	if s.Sent != 0 || s.DroppedShutdown != 501 || s.Queued != 0 {
 		t.Errorf("stats = %+v, want 500 queued + 1 on the wire unsent", s)
 	}
-	if r := logs.wait(t, "notifications unsent at shutdown"); r["dropped"] != 501.0 {
+	if r := logs.WaitFor(t, 10*time.Second, "notifications unsent at shutdown", nil); r["dropped"] != 501.0 {
 		t.Errorf("unsent line = %v", r)
 	}
 	n.Notify(sessionStart("late", "alice"))
@@ -544,7 +544,7 @@ func TestFlushOnShutdown(t *testing.T) {
 	if s := n.Stats(); s.Sent != 1 || s.DroppedShutdown != 2 {
 		t.Errorf("stats = %+v", s)
 	}
-	if r := logs.wait(t, "notifications unsent at shutdown"); r["dropped"] != 2.0 {
+	if r := logs.WaitFor(t, 10*time.Second, "notifications unsent at shutdown", nil); r["dropped"] != 2.0 {
 		t.Errorf("unsent line = %v", r)
 	}
 }

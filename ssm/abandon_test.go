@@ -59,7 +59,7 @@ func TestStartAbandoned(t *testing.T) {
 				if n := h.srv.Calls("CreateActivation"); n != 0 {
 					t.Errorf("went on to CreateActivation")
 				}
-				for _, r := range h.logs.records(t) {
+				for _, r := range h.logs.Records() {
 					if r["level"] == "WARN" && strings.Contains(r["msg"].(string), "may remain") {
 						t.Errorf("warned about an activation never asked for: %v", r)
 					}

@@ -17,7 +17,7 @@ import (
 func (h *harness) logged(t *testing.T, msg string) []string {
 	t.Helper()
 	var ids []string
-	for _, r := range h.logs.records(t) {
+	for _, r := range h.logs.Records() {
 		if r["msg"] == msg {
 			id, _ := r["activation_id"].(string)
 			ids = append(ids, id)
@@ -213,7 +213,7 @@ func TestDuplicateSweepFailures(t *testing.T) {
 		t.Fatalf("Start: %v\n%s", err, h.logs)
 	}
 	var warned bool
-	for _, r := range h.logs.records(t) {
+	for _, r := range h.logs.Records() {
 		if r["msg"] == "duplicate activations not listed; any expire on their own" && r["level"] == "WARN" &&
 			strings.Contains(r["error"].(string), "the ECS task role needs ssm:DescribeActivations") {
 			warned = true

@@ -1,7 +1,6 @@
 package ssm
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/test/fakeecs"
 	"github.com/bastion-dev/bastion/test/fakessm"
 )
@@ -374,41 +374,6 @@ func (s *fakeStarter) lastAgent() *fakeProc {
 	return nil
 }
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// records returns the JSON log records.
-func (b *syncBuffer) records(t *testing.T) []map[string]any {
-	t.Helper()
-	var recs []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
-		if line == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(line), &m); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		recs = append(recs, m)
-	}
-	return recs
-}
-
 // t0 is the clock of the lifecycle and of the fake service alike.
 var t0 = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 
@@ -418,7 +383,7 @@ type harness struct {
 	api   *checkedAPI
 	ecs   *fakeecs.Server
 	st    *fakeStarter
-	logs  *syncBuffer
+	logs  *logtest.Buffer
 	root  string
 	agent string // path of the stub agent executable
 }
@@ -458,8 +423,8 @@ func newHarness(t *testing.T, mut func(*Config)) *harness {
 		Retryer:      retry.NewStandard(func(o *retry.StandardOptions) { o.MaxAttempts = 1 }),
 	})
 	st := &fakeStarter{t: t, srv: srv, root: root}
-	logs := &syncBuffer{}
-	l := New(cfg, Clients{SSM: api, ECS: tasks}, st, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	log, logs := logtest.New(slog.LevelDebug)
+	l := New(cfg, Clients{SSM: api, ECS: tasks}, st, log)
 	l.root = root
 	l.callTimeout = 2 * time.Second
 	l.pollMin, l.pollMax = time.Millisecond, 5*time.Millisecond
@@ -490,18 +455,7 @@ func (h *harness) shutdown(t *testing.T) error {
 // waitLog waits for a log record with message msg.
 func (h *harness) waitLog(t *testing.T, msg string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		for _, r := range h.logs.records(t) {
-			if r["msg"] == msg {
-				return r
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log record %q:\n%s", msg, h.logs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return h.logs.WaitFor(t, 10*time.Second, msg, nil)
 }
 
 func (h *harness) exists(p string) bool {

@@ -120,7 +120,7 @@ func TestStartHappyPath(t *testing.T) {
 
 	// Log records: the agent's lines, the ready record with ids.
 	var sawAgentLine, sawReady bool
-	for _, r := range h.logs.records(t) {
+	for _, r := range h.logs.Records() {
 		if r["agent"] != nil && strings.Contains(r["agent"].(string), "Successfully registered") {
 			sawAgentLine = r["step"] == "register"
 		}
@@ -584,7 +584,7 @@ func TestOrphanSweep(t *testing.T) {
 		in.Filters[1].Key != "tag:"+TagFamily || in.Filters[1].Values[0] != "bastion" || in.InstanceInformationFilterList != nil {
 		t.Errorf("request %s", pages[0].Body)
 	}
-	for _, r := range h.logs.records(t) {
+	for _, r := range h.logs.Records() {
 		if r["msg"] == "orphan candidate's task still runs; left alone" && r["instance_id"] != "mi-00000000000000a05" {
 			t.Errorf("kept as alive: %v", r)
 		}
@@ -641,7 +641,7 @@ func TestRunRestarts(t *testing.T) {
 			t.Errorf("%d agent starts, want 3", h.st.Starts())
 		}
 		n := 0
-		for _, r := range h.logs.records(t) {
+		for _, r := range h.logs.Records() {
 			if r["msg"] == "agent exited unexpectedly; restarting" {
 				n++
 			}

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bastion-dev/bastion/internal/logtest"
 )
 
 // testCode stands for an activation code in tests that run a shell as the
@@ -77,13 +79,13 @@ func (p *shellProc) Stop(ctx context.Context) (bool, error) {
 // output pipe open: reading must stop shortly after the child is reaped,
 // each line must be one record, and the redacted string must not appear.
 func TestStartLoggedRealProcess(t *testing.T) {
-	logs := &syncBuffer{}
+	log, logs := logtest.New(slog.LevelInfo)
 	st := &shellStarter{t: t, script: `echo "2025-01-02 03:04:05.0000 INFO first"
 echo "2025-01-02 03:04:05.0000 ERROR code=` + testCode + `" >&2
 printf 'no newline at end'
 (sleep 30 &)
 exit 3`}
-	l := New(Config{}, Clients{}, st, slog.New(slog.NewJSONHandler(logs, nil)))
+	l := New(Config{}, Clients{}, st, log)
 	l.drainDelay = 50 * time.Millisecond
 	var lines []string
 	p, out, err := l.startLogged(exec.Command("/nonexistent/amazon-ssm-agent"), "register", testCode, func(s string) { lines = append(lines, s) })
@@ -109,7 +111,7 @@ exit 3`}
 	if strings.Contains(logs.String(), testCode) {
 		t.Errorf("code logged")
 	}
-	recs := logs.records(t)
+	recs := logs.Records()
 	if len(recs) != 3 || recs[1]["level"] != "ERROR" || recs[0]["agent"] != want[0] || recs[0]["step"] != "register" {
 		t.Errorf("records = %v", recs)
 	}

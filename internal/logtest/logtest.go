@@ -95,6 +95,37 @@ func (b *Buffer) WaitFor(t testing.TB, timeout time.Duration, msg string, match 
 	}
 }
 
+// Follower reads a Buffer's records in order, each at most once: for a
+// test that expects a sequence (the same message several times).
+type Follower struct {
+	b    *Buffer
+	next int // index of the first record not yet returned or skipped
+}
+
+// Follow returns a Follower at the start of b.
+func (b *Buffer) Follow() *Follower { return &Follower{b: b} }
+
+// Next waits up to timeout for the next record with msg, skipping the
+// others before it, and returns it; the test fails with the whole log
+// otherwise.
+func (f *Follower) Next(t testing.TB, timeout time.Duration, msg string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		recs := f.b.Records()
+		for ; f.next < len(recs); f.next++ {
+			if recs[f.next]["msg"] == msg {
+				f.next++
+				return recs[f.next-1]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no further log record %q within %v; log:\n%s", msg, timeout, f.b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Matches reports whether record r has every field of match, compared as
 // text. A field match names but r lacks never matches, even against "".
 func Matches(r map[string]any, match map[string]string) bool {

@@ -45,3 +45,23 @@ func TestWaitFor(t *testing.T) {
 		t.Fatalf("WaitFor = %v", r)
 	}
 }
+
+func TestFollowerReadsInOrder(t *testing.T) {
+	log, buf := New(slog.LevelInfo)
+	f := buf.Follow()
+	log.Info("a", "n", 1)
+	log.Info("b")
+	log.Info("a", "n", 2)
+	if r := f.Next(t, time.Second, "a"); Text(r["n"]) != "1" {
+		t.Fatalf("first a: %v", r)
+	}
+	if r := f.Next(t, time.Second, "a"); Text(r["n"]) != "2" {
+		t.Fatalf("second a: %v", r)
+	}
+	done := make(chan map[string]any)
+	go func() { done <- f.Next(t, 5*time.Second, "a") }()
+	log.Info("a", "n", 3)
+	if r := <-done; Text(r["n"]) != "3" {
+		t.Fatalf("third a, logged while waiting: %v", r)
+	}
+}

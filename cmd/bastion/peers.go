@@ -33,6 +33,9 @@ type peers struct {
 	selfExe   string // this binary, as /proc/<pid>/exe shows it
 	workerExe string // <agent dir>/ssm-session-worker; "" when SSM is off
 	owners    *sessionOwners
+	// comms are the command names of the processes that can be either:
+	// only their descriptors are searched, whatever else runs.
+	comms []string
 }
 
 func newPeers(log *slog.Logger, agentPath string, owners *sessionOwners) *peers {
@@ -41,15 +44,22 @@ func newPeers(log *slog.Logger, agentPath string, owners *sessionOwners) *peers 
 		log.Warn("cannot read /proc/self/exe: the healthcheck has no reserved slots", "error", err.Error())
 	}
 	p := &peers{log: log, procRoot: "/proc", selfExe: self, owners: owners}
+	if self != "" {
+		p.comms = append(p.comms, procfs.Comm(filepath.Base(self)))
+	}
 	if agentPath != "" {
 		p.workerExe = filepath.Join(filepath.Dir(agentPath), sessionWorker)
+		p.comms = append(p.comms, procfs.Comm(sessionWorker))
 	}
 	return p
 }
 
 // Identify implements sshd.PeerIdentifier.
 func (p *peers) Identify(remote, local netip.AddrPort) sshd.Peer {
-	proc, err := procfs.TCPPeer(p.procRoot, remote, local)
+	if len(p.comms) == 0 {
+		return sshd.Peer{}
+	}
+	proc, err := procfs.TCPPeer(p.procRoot, remote, local, p.comms...)
 	if err != nil {
 		p.log.Debug("peer process not found", "client", remote.String(), "error", err.Error())
 		return sshd.Peer{}

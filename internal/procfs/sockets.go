@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -35,12 +36,17 @@ type Peer struct {
 // accepted, pass the accepted connection's remote address as local and its
 // local address as remote. Both /proc/net/tcp and /proc/net/tcp6 are
 // searched (a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d).
-func TCPPeer(root string, local, remote netip.AddrPort) (Peer, error) {
+//
+// Only processes whose command name (/proc/PID/comm) is one of comms are
+// looked at, when comms is not empty: the search reads the descriptors of
+// every candidate, and a caller that only cares about a few programs
+// should not pay for the whole machine on every connection.
+func TCPPeer(root string, local, remote netip.AddrPort, comms ...string) (Peer, error) {
 	inode, uid, err := findSocket(root, local, remote)
 	if err != nil {
 		return Peer{}, err
 	}
-	pid, err := socketHolder(root, inode)
+	pid, err := socketHolder(root, inode, comms)
 	if err != nil {
 		return Peer{}, err
 	}
@@ -181,8 +187,9 @@ func parseHexAddrPort(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip, uint16(port)), nil
 }
 
-// socketHolder finds a process with a descriptor on socket inode.
-func socketHolder(root string, inode uint64) (int, error) {
+// socketHolder finds a process with a descriptor on socket inode, among
+// the processes named one of comms (all, when comms is empty).
+func socketHolder(root string, inode uint64, comms []string) (int, error) {
 	want := "socket:[" + strconv.FormatUint(inode, 10) + "]"
 	procs, err := os.ReadDir(root)
 	if err != nil {
@@ -192,6 +199,12 @@ func socketHolder(root string, inode uint64) (int, error) {
 		pid, err := strconv.Atoi(d.Name())
 		if err != nil {
 			continue
+		}
+		if len(comms) > 0 {
+			comm, err := os.ReadFile(filepath.Join(root, d.Name(), "comm"))
+			if err != nil || !slices.Contains(comms, strings.TrimSuffix(string(comm), "\n")) {
+				continue
+			}
 		}
 		fdDir := filepath.Join(root, d.Name(), "fd")
 		fds, err := os.ReadDir(fdDir)

@@ -105,6 +105,14 @@ func TestTCPPeerFindsTheDialer(t *testing.T) {
 			if p.UID != os.Geteuid() || p.EUID != os.Geteuid() {
 				t.Errorf("uid %d euid %d, want %d", p.UID, p.EUID, os.Geteuid())
 			}
+			// Looking only among processes of other names finds none;
+			// among bash's, the same one.
+			if _, err := TCPPeer("/proc", remote, local, "no-such-comm"); err != ErrNoOwner {
+				t.Errorf("among other names: err %v, want ErrNoOwner", err)
+			}
+			if q, err := TCPPeer("/proc", remote, local, "no-such-comm", "bash"); err != nil || q.PID != p.PID {
+				t.Errorf("among bash's: %+v, %v", q, err)
+			}
 			// The same endpoints the other way round are not a socket.
 			if _, err := TCPPeer("/proc", local, netip.AddrPortFrom(remote.Addr(), remote.Port()+1)); err != ErrNoSocket {
 				t.Errorf("bogus endpoints: err %v, want ErrNoSocket", err)

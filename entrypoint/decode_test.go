@@ -116,7 +116,8 @@ func TestIsAuthorizedKeysText(t *testing.T) {
 func FuzzDecodeText(f *testing.F) {
 	ak := readTestdata(f, "authorized_keys")
 	for _, s := range []string{ak, base64.StdEncoding.EncodeToString([]byte(ak)), base64.RawURLEncoding.EncodeToString([]byte(ak)),
-		"-----BEGIN X-----\n", "", "====", "a\r\nb", "# only\n"} {
+		"-----BEGIN X-----\n", "", "====", "a\r\nb", "# only\n", "~/.ssh/id_ed25519.pub", "/home/x/.ssh/authorized_keys",
+		readTestdata(f, "host_ed25519"), base64.StdEncoding.EncodeToString([]byte(readTestdata(f, "host_ed25519")))} {
 		f.Add(s, false)
 		f.Add(s, true)
 	}
@@ -133,6 +134,11 @@ func FuzzDecodeText(f *testing.F) {
 		}
 		if strict && !isAuthorizedKeysText(out) {
 			t.Fatalf("strict decode returned unrecognised %q", out)
+		}
+		for _, m := range privateKeyMarkers {
+			if bytes.Contains(out, m) {
+				t.Fatalf("a private key passed as public keys: %q", out)
+			}
 		}
 		if !bytes.Equal(out, bytes.TrimSpace(out)) {
 			t.Fatalf("output %q not trimmed", out)

@@ -92,7 +92,7 @@ func wrongKind(name string, f keyFormat, text []byte) error {
 		}
 		return nil
 	}
-	if isAuthorizedKeysText(text) && !isPEMText(text) {
+	if _, _, _, _, err := gossh.ParseAuthorizedKey(text); err == nil && !isPEMText(text) {
 		return fmt.Errorf("entrypoint: %s: holds a public key, where the private host key belongs (PEM or OpenSSH text, as bastion keygen prints it)", name)
 	}
 	return nil

@@ -232,6 +232,7 @@ func TestUnauthenticatedCap(t *testing.T) {
 
 	var mu sync.Mutex
 	var conns []net.Conn
+	var firstErr error // what went wrong first, for the failure message
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -246,12 +247,17 @@ func TestUnauthenticatedCap(t *testing.T) {
 				defer wg.Done()
 				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 				c, err := d.Dial("tcp", s.bastion.Addr)
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				if err == nil {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
 				if err != nil {
 					return
 				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
 				c.SetReadDeadline(time.Now().Add(3 * time.Second))
 				line, err := bufio.NewReader(c).ReadString('\n')
 				if err == nil && strings.HasPrefix(line, "SSH-2.0-") {
@@ -264,7 +270,7 @@ func TestUnauthenticatedCap(t *testing.T) {
 	}
 	held := burst("127.0.0.1", 300)
 	if held > 16 || held == 0 {
-		t.Fatalf("per-source cap: %d of 300 idle connections got a banner, want ≤ 16", held)
+		t.Fatalf("per-source cap: %d of 300 idle connections got a banner, want ≤ 16 (%d connected; first dial error: %v)", held, len(conns), firstErr)
 	}
 	// A real client from another address gets in while the burst holds.
 	cfg := harness.ClientConfig(t, t.TempDir(), map[string]string{

@@ -307,13 +307,18 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 		c.Close()
 		return d
 	}
-	// Interleaved, so that whatever else loads the machine weighs on both
-	// the same.
+	// Interleaved, each first in turn, so that whatever else loads the
+	// machine weighs on both the same.
 	base, dead := startWith(map[string]string{}), startWith(map[string]string{"BASTION_NOTIFY_URL": hook.URL})
 	var baseDs, deadDs []time.Duration
-	for i := 0; i < 15; i++ {
-		baseDs = append(baseDs, timeConnect(base))
-		deadDs = append(deadDs, timeConnect(dead))
+	for i := 0; i < 16; i++ {
+		if i%2 == 0 {
+			baseDs = append(baseDs, timeConnect(base))
+			deadDs = append(deadDs, timeConnect(dead))
+		} else {
+			deadDs = append(deadDs, timeConnect(dead))
+			baseDs = append(baseDs, timeConnect(base))
+		}
 	}
 	base50, baseWorst := median(baseDs), maxDuration(baseDs)
 	dead50, deadWorst := median(deadDs), maxDuration(deadDs)

@@ -14,17 +14,54 @@ var encodings = []*base64.Encoding{
 	base64.URLEncoding, base64.RawURLEncoding,
 }
 
+// keyFormat is what a key variable holds: how its text is recognised, and
+// whether it is public (a private key there is a mistake to name) or
+// private (a public key there is one).
+type keyFormat struct {
+	recognise func([]byte) bool
+	public    bool
+}
+
+var (
+	publicKeys = keyFormat{recognise: isAuthorizedKeysText, public: true}
+	privateKey = keyFormat{recognise: isPEMText}
+)
+
 // decodeText turns a key variable's value into key text. Plain text is
-// taken as it is when isPlain recognises it (that is unambiguous: PEM armour
-// and "type base64" lines are not base64 themselves). Otherwise the value is
-// base64, standard or URL-safe, padded or not, with any line wrapping or
-// surrounding white space. With strict, what it decodes to must be
-// recognised too; otherwise the caller's parser reports the bad line.
-func decodeText(name, value string, isPlain func([]byte) bool, strict bool) ([]byte, error) {
+// taken as it is when the format recognises it (that is unambiguous: PEM
+// armour and "type base64" lines are not base64 themselves). Otherwise the
+// value is base64, standard or URL-safe, padded or not, with any line
+// wrapping or surrounding white space. With strict, what it decodes to
+// must be recognised too; otherwise the caller's parser reports the bad
+// line. A file path, or a key of the wrong kind, is named as such: those
+// are the usual mistakes, and "not base64" does not say what to do.
+func decodeText(name, value string, f keyFormat, strict bool) ([]byte, error) {
 	trimmed := []byte(strings.TrimSpace(value))
-	if isPlain(trimmed) {
-		return trimmed, nil
+	if looksLikePath(string(trimmed)) {
+		return nil, fmt.Errorf("entrypoint: %s: looks like a file path: pass the file's contents (e.g. %s=\"$(cat FILE)\")", name, name)
 	}
+	if err := wrongKind(name, f, trimmed); err != nil {
+		return nil, err
+	}
+	text := trimmed
+	if !f.recognise(trimmed) {
+		decoded, ok := decodeBase64(value)
+		if !ok {
+			return nil, fmt.Errorf("entrypoint: %s: neither base64 (standard or URL-safe) nor key text", name)
+		}
+		if err := wrongKind(name, f, decoded); err != nil {
+			return nil, err
+		}
+		text = decoded
+	}
+	if strict && !f.recognise(text) {
+		return nil, fmt.Errorf("entrypoint: %s: decodes as base64 but not to the expected key format", name)
+	}
+	return text, nil
+}
+
+// decodeBase64 tries each encoding on value without its white space.
+func decodeBase64(value string) ([]byte, bool) {
 	compact := strings.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\n' || r == '\r' {
 			return -1
@@ -32,26 +69,67 @@ func decodeText(name, value string, isPlain func([]byte) bool, strict bool) ([]b
 		return r
 	}, value)
 	for _, enc := range encodings {
-		out, err := enc.DecodeString(compact)
-		if err != nil {
-			continue
+		if out, err := enc.DecodeString(compact); err == nil {
+			return bytes.TrimSpace(out), true
 		}
-		out = bytes.TrimSpace(out)
-		if strict && !isPlain(out) {
-			return nil, fmt.Errorf("entrypoint: %s: decodes as base64 but not to the expected key format", name)
-		}
-		return out, nil
 	}
-	return nil, fmt.Errorf("entrypoint: %s: neither base64 (standard or URL-safe) nor key text", name)
+	return nil, false
 }
 
-// DecodeKeyText decodes a key value the way the key variables are decoded:
-// the text itself when isKey recognises it, else base64 (standard or
-// URL-safe, padded or not, wrapped) of text that isKey recognises. Errors
-// name name, never the value. For subcommands reading the same values
-// (bastion ssh-config's host key).
+// privateKeyMarkers are in every private key file ssh-keygen, OpenSSL and
+// PuTTYgen write.
+var privateKeyMarkers = [][]byte{[]byte("PRIVATE KEY-----"), []byte("PuTTY-User-Key-File-")}
+
+// wrongKind names a private key given where public keys belong, and a
+// public key given where the private host key belongs, without a word of
+// the key itself.
+func wrongKind(name string, f keyFormat, text []byte) error {
+	if f.public {
+		for _, m := range privateKeyMarkers {
+			if bytes.Contains(text, m) {
+				return fmt.Errorf("entrypoint: %s: holds a private key, where public keys belong: give the public key (the .pub file, or ssh-keygen -y -f KEY) and keep the private one secret", name)
+			}
+		}
+		return nil
+	}
+	if _, _, _, _, err := gossh.ParseAuthorizedKey(text); err == nil && !isPEMText(text) {
+		return fmt.Errorf("entrypoint: %s: holds a public key, where the private host key belongs (PEM or OpenSSH text, as bastion keygen prints it)", name)
+	}
+	return nil
+}
+
+// looksLikePath recognises a file name given instead of the file's
+// contents. It never mistakes key text or base64 for one: a path starts
+// with "/", "~", "./", "../", "$" or a drive letter, none of which key
+// text or the base64 of key text starts with, or (without blanks) ends in
+// a key file's name; "." is not a base64 character.
+func looksLikePath(s string) bool {
+	if s == "" || strings.ContainsAny(s, "\r\n") {
+		return false
+	}
+	for _, p := range []string{"/", "~", "./", "../", "$"} {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	if len(s) > 2 && s[1] == ':' && (s[2] == '\\' || s[2] == '/') && (s[0]|0x20 >= 'a' && s[0]|0x20 <= 'z') {
+		return true // C:\Users\me\.ssh\id_ed25519.pub
+	}
+	if strings.ContainsAny(s, " \t") {
+		return false
+	}
+	base := s[strings.LastIndexAny(s, `/\`)+1:]
+	return strings.HasSuffix(base, ".pub") || strings.HasSuffix(base, ".pem") ||
+		base == "authorized_keys" || strings.HasPrefix(base, "id_") && strings.Contains(s, ".")
+}
+
+// DecodeKeyText decodes a public key value the way the key variables are
+// decoded: the text itself when isKey recognises it, else base64
+// (standard or URL-safe, padded or not, wrapped) of text that isKey
+// recognises. Errors name name, never the value. For subcommands reading
+// the same values (bastion ssh-config's host key).
 func DecodeKeyText(name, value string, isKey func([]byte) bool) ([]byte, error) {
-	return decodeText(name, value, isKey, true)
+	return decodeText(name, value, keyFormat{recognise: isKey, public: true}, true)
 }
 
 // isPEMText recognises PEM armour, which covers "OPENSSH PRIVATE KEY".
@@ -81,5 +159,5 @@ func isAuthorizedKeysText(b []byte) bool {
 // Errors name name, never the value. cmd/bastion hands it to authkeys, so
 // the live sources read like the variable.
 func DecodeAuthorizedKeys(name, value string) ([]byte, error) {
-	return decodeText(name, value, isAuthorizedKeysText, false)
+	return decodeText(name, value, publicKeys, false)
 }

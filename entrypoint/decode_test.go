@@ -37,36 +37,36 @@ func TestDecodeText(t *testing.T) {
 	// Content whose encodings differ between the alphabets and paddings.
 	odd := ak + "#\xfb\xff"
 	tests := []struct {
-		name    string
-		value   string
-		isPlain func([]byte) bool
-		strict  bool
-		want    string // "" = error
+		name   string
+		value  string
+		format keyFormat
+		strict bool
+		want   string // "" = error
 	}{
-		{name: "plain PEM", value: pem, isPlain: isPEMText, want: strings.TrimSpace(pem)},
-		{name: "plain PEM with surrounding space", value: "\n  " + pem + "\n\n", isPlain: isPEMText, want: strings.TrimSpace(pem)},
-		{name: "plain authorized_keys", value: ak, isPlain: isAuthorizedKeysText, want: strings.TrimSpace(ak)},
-		{name: "plain authorized_keys after comments", value: "# ops\n\n" + ak, isPlain: isAuthorizedKeysText, want: strings.TrimSpace("# ops\n\n" + ak)},
-		{name: "std", value: std, isPlain: isPEMText, strict: true, want: strings.TrimSpace(pem)},
-		{name: "std raw", value: base64.RawStdEncoding.EncodeToString([]byte(odd)), isPlain: isAuthorizedKeysText, want: strings.TrimSpace(odd)},
-		{name: "std padded", value: base64.StdEncoding.EncodeToString([]byte(odd)), isPlain: isAuthorizedKeysText, want: strings.TrimSpace(odd)},
-		{name: "url", value: base64.URLEncoding.EncodeToString([]byte(odd)), isPlain: isAuthorizedKeysText, want: strings.TrimSpace(odd)},
-		{name: "url raw", value: base64.RawURLEncoding.EncodeToString([]byte(odd)), isPlain: isAuthorizedKeysText, want: strings.TrimSpace(odd)},
-		{name: "wrapped 64 LF", value: wrap(std, 64, "\n"), isPlain: isPEMText, strict: true, want: strings.TrimSpace(pem)},
-		{name: "wrapped 76 LF", value: wrap(std, 76, "\n"), isPlain: isPEMText, strict: true, want: strings.TrimSpace(pem)},
-		{name: "wrapped 64 CRLF", value: wrap(std, 64, "\r\n"), isPlain: isPEMText, strict: true, want: strings.TrimSpace(pem)},
-		{name: "wrapped 76 CRLF with trailing newline", value: wrap(std, 76, "\r\n") + "\r\n", isPlain: isPEMText, strict: true, want: strings.TrimSpace(pem)},
-		{name: "surrounding white space", value: " \t\n" + std + "\n\t ", isPlain: isPEMText, strict: true, want: strings.TrimSpace(pem)},
-		{name: "base64 of authorized_keys", value: base64.StdEncoding.EncodeToString([]byte(ak)), isPlain: isAuthorizedKeysText, want: strings.TrimSpace(ak)},
-		{name: "non-strict passes unrecognised text on", value: base64.StdEncoding.EncodeToString([]byte("hello")), isPlain: isAuthorizedKeysText, want: "hello"},
-		{name: "strict refuses unrecognised text", value: base64.StdEncoding.EncodeToString([]byte("hello")), isPlain: isPEMText, strict: true},
-		{name: "garbage", value: "not*base64!", isPlain: isPEMText},
-		{name: "garbage, lenient", value: "not*base64!", isPlain: isAuthorizedKeysText},
-		{name: "truncated base64", value: std[:len(std)-3] + "=", isPlain: isPEMText, strict: true},
+		{name: "plain PEM", value: pem, format: privateKey, want: strings.TrimSpace(pem)},
+		{name: "plain PEM with surrounding space", value: "\n  " + pem + "\n\n", format: privateKey, want: strings.TrimSpace(pem)},
+		{name: "plain authorized_keys", value: ak, format: publicKeys, want: strings.TrimSpace(ak)},
+		{name: "plain authorized_keys after comments", value: "# ops\n\n" + ak, format: publicKeys, want: strings.TrimSpace("# ops\n\n" + ak)},
+		{name: "std", value: std, format: privateKey, strict: true, want: strings.TrimSpace(pem)},
+		{name: "std raw", value: base64.RawStdEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
+		{name: "std padded", value: base64.StdEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
+		{name: "url", value: base64.URLEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
+		{name: "url raw", value: base64.RawURLEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
+		{name: "wrapped 64 LF", value: wrap(std, 64, "\n"), format: privateKey, strict: true, want: strings.TrimSpace(pem)},
+		{name: "wrapped 76 LF", value: wrap(std, 76, "\n"), format: privateKey, strict: true, want: strings.TrimSpace(pem)},
+		{name: "wrapped 64 CRLF", value: wrap(std, 64, "\r\n"), format: privateKey, strict: true, want: strings.TrimSpace(pem)},
+		{name: "wrapped 76 CRLF with trailing newline", value: wrap(std, 76, "\r\n") + "\r\n", format: privateKey, strict: true, want: strings.TrimSpace(pem)},
+		{name: "surrounding white space", value: " \t\n" + std + "\n\t ", format: privateKey, strict: true, want: strings.TrimSpace(pem)},
+		{name: "base64 of authorized_keys", value: base64.StdEncoding.EncodeToString([]byte(ak)), format: publicKeys, want: strings.TrimSpace(ak)},
+		{name: "non-strict passes unrecognised text on", value: base64.StdEncoding.EncodeToString([]byte("hello")), format: publicKeys, want: "hello"},
+		{name: "strict refuses unrecognised text", value: base64.StdEncoding.EncodeToString([]byte("hello")), format: privateKey, strict: true},
+		{name: "garbage", value: "not*base64!", format: privateKey},
+		{name: "garbage, lenient", value: "not*base64!", format: publicKeys},
+		{name: "truncated base64", value: std[:len(std)-3] + "=", format: privateKey, strict: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := decodeText("VAR_NAME", tt.value, tt.isPlain, tt.strict)
+			got, err := decodeText("VAR_NAME", tt.value, tt.format, tt.strict)
 			if tt.want == "" {
 				if err == nil {
 					t.Fatalf("decoded to %q, want error", got)
@@ -116,12 +116,13 @@ func TestIsAuthorizedKeysText(t *testing.T) {
 func FuzzDecodeText(f *testing.F) {
 	ak := readTestdata(f, "authorized_keys")
 	for _, s := range []string{ak, base64.StdEncoding.EncodeToString([]byte(ak)), base64.RawURLEncoding.EncodeToString([]byte(ak)),
-		"-----BEGIN X-----\n", "", "====", "a\r\nb", "# only\n"} {
+		"-----BEGIN X-----\n", "", "====", "a\r\nb", "# only\n", "~/.ssh/id_ed25519.pub", "/home/x/.ssh/authorized_keys",
+		readTestdata(f, "host_ed25519"), base64.StdEncoding.EncodeToString([]byte(readTestdata(f, "host_ed25519")))} {
 		f.Add(s, false)
 		f.Add(s, true)
 	}
 	f.Fuzz(func(t *testing.T, value string, strict bool) {
-		out, err := decodeText("V", value, isAuthorizedKeysText, strict)
+		out, err := decodeText("V", value, publicKeys, strict)
 		if err != nil {
 			if out != nil {
 				t.Fatal("output with an error")
@@ -133,6 +134,11 @@ func FuzzDecodeText(f *testing.F) {
 		}
 		if strict && !isAuthorizedKeysText(out) {
 			t.Fatalf("strict decode returned unrecognised %q", out)
+		}
+		for _, m := range privateKeyMarkers {
+			if bytes.Contains(out, m) {
+				t.Fatalf("a private key passed as public keys: %q", out)
+			}
 		}
 		if !bytes.Equal(out, bytes.TrimSpace(out)) {
 			t.Fatalf("output %q not trimmed", out)

@@ -28,8 +28,10 @@ func TestParseHostKey(t *testing.T) {
 		{name: "rsa 1024 refused", file: "rsa1024.pem", wantErr: "RSA key of 1024 bits is too short"},
 		{name: "passphrase", file: "ed25519_passphrase", wantErr: "passphrase"},
 		{name: "dsa refused", file: "dsa.pem", wantErr: "ssh-dss host keys are not accepted"},
-		{name: "public key instead", file: "host_ed25519.pub", wantErr: "neither base64"},
-		{name: "public key base64", file: "host_ed25519.pub", encode: func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }, wantErr: "decodes as base64 but not to the expected key format"},
+		{name: "public key instead", file: "host_ed25519.pub", wantErr: "holds a public key, where the private host key belongs"},
+		{name: "public key base64", file: "host_ed25519.pub", encode: func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }, wantErr: "holds a public key, where the private host key belongs"},
+		{name: "not a key", file: "host_ed25519", encode: func(string) string { return base64.StdEncoding.EncodeToString([]byte("hello")) }, wantErr: "decodes as base64 but not to the expected key format"},
+		{name: "a path", file: "host_ed25519", encode: func(string) string { return "~/.ssh/bastion_host_ed25519" }, wantErr: "looks like a file path"},
 		{name: "broken PEM", file: "host_ed25519", encode: func(s string) string { return strings.Replace(s, "b3BlbnNzaC1rZXktdjEA", "AAAA", 1) }, wantErr: "not a private key"},
 	}
 	for _, tt := range tests {

@@ -30,8 +30,9 @@ type Config struct {
 	SSM                               bool
 	SSMTags                           map[string]string
 	LogLevel                          slog.Level
-	// Warnings are for the log once it exists: unknown BASTION_* names, the
-	// ephemeral host key.
+	// Warnings are for the log once it exists: unknown BASTION_* names (with
+	// the closest known one), host names in BASTION_ALLOW, the ephemeral
+	// host key.
 	Warnings []Warning
 }
 
@@ -58,7 +59,8 @@ func Load() (*Config, error) {
 	}
 	cfg := &Config{}
 	for _, name := range UnknownBastionVars(os.Environ()) {
-		cfg.Warnings = append(cfg.Warnings, Warning{Msg: "unknown variable ignored (typo?)", Attrs: []any{"variable", name}})
+		cfg.Warnings = append(cfg.Warnings, Warning{Msg: "unknown variable ignored (typo?)",
+			Attrs: []any{"variable", name, "did_you_mean", ClosestVariable(name)}})
 	}
 	if err := cfg.validate(&env); err != nil {
 		return nil, err
@@ -170,6 +172,15 @@ func (c *Config) validate(e *Env) error {
 		return fmt.Errorf("entrypoint: BASTION_ALLOW: %w", err)
 	}
 	c.Allow = allow
+	if names := hostEntries(allow); names != "" {
+		// A name that resolves to loopback, link-local (the metadata
+		// endpoints) or this host stays denied: decisions are made on the
+		// dialed address, and only an address entry opens those ranges.
+		c.Warnings = append(c.Warnings, Warning{
+			Msg:   "BASTION_ALLOW: host-name entries never open a denied range: a name that resolves to loopback, link-local or an address of this host stays denied; only an address entry inside the range opens it (e.g. 127.0.0.1/32:22)",
+			Attrs: []any{"variable", "BASTION_ALLOW", "host_entries", names},
+		})
+	}
 
 	switch strings.ToLower(e.SSM) {
 	case "auto", "":
@@ -206,6 +217,17 @@ func (c *Config) validate(e *Env) error {
 	return nil
 }
 
+// hostEntries lists BASTION_ALLOW's host-name entries, comma-separated.
+func hostEntries(allow []sshd.AllowEntry) string {
+	var names []string
+	for _, e := range allow {
+		if e.Host != "" {
+			names = append(names, e.String())
+		}
+	}
+	return strings.Join(names, ",")
+}
+
 func parseTags(s string) (map[string]string, error) {
 	tags := map[string]string{}
 	for i, kv := range strings.Split(s, ",") {
@@ -237,7 +259,7 @@ func (c *Config) decodeKeys(e *Env) error {
 	live := e.KeysSecret != "" || e.KeysFile != ""
 	switch {
 	case strings.TrimSpace(e.AuthorizedKeys) != "":
-		data, err := decodeText(authName, e.AuthorizedKeys, isAuthorizedKeysText, false)
+		data, err := decodeText(authName, e.AuthorizedKeys, publicKeys, false)
 		if err != nil {
 			return err
 		}
@@ -276,7 +298,7 @@ func (c *Config) decodeKeys(e *Env) error {
 		return err
 	}
 	if strings.TrimSpace(e.HostPublicKey) != "" {
-		pubText, err := decodeText(pubName, e.HostPublicKey, isAuthorizedKeysText, true)
+		pubText, err := decodeText(pubName, e.HostPublicKey, publicKeys, true)
 		if err != nil {
 			return err
 		}
@@ -297,7 +319,7 @@ func (c *Config) decodeKeys(e *Env) error {
 // OpenSSH text) into a signer: ed25519, ECDSA or RSA ≥ 2048, with RSA
 // restricted to rsa-sha2-* signatures.
 func ParseHostKey(name, value string) (gossh.Signer, error) {
-	pemText, err := decodeText(name, value, isPEMText, true)
+	pemText, err := decodeText(name, value, privateKey, true)
 	if err != nil {
 		return nil, err
 	}

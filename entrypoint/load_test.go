@@ -166,14 +166,40 @@ func TestLoad(t *testing.T) {
 		{
 			name:    "private key pasted as authorized keys",
 			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(hostPEM)},
-			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED line 1"},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: holds a private key, where public keys belong"},
 			secrets: []string{hostPEM},
 		},
 		{
 			name:    "private key pasted plain as authorized keys",
 			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": hostPEM},
-			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED"},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: holds a private key, where public keys belong"},
 			secrets: []string{hostPEM},
+		},
+		{
+			name:    "private key after an authorized key",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": ak + "\n" + hostPEM},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: holds a private key, where public keys belong"},
+			secrets: []string{hostPEM},
+		},
+		{
+			name: "private key as the host public key",
+			env: map[string]string{
+				"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED":  b64(ak),
+				"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": b64(hostPEM),
+				"SSH_PUBLIC_HOST_KEY_BASE64ENCODED":  b64(hostPEM),
+			},
+			wantErr: []string{"SSH_PUBLIC_HOST_KEY_BASE64ENCODED: holds a private key, where public keys belong"},
+			secrets: []string{hostPEM},
+		},
+		{
+			name:    "path to a public key",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": "~/.ssh/id_ed25519.pub"},
+			wantErr: []string{`ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: looks like a file path: pass the file's contents (e.g. ROOT_PUBLIC_SSH_KEY_BASE64ENCODED="$(cat FILE)")`},
+		},
+		{
+			name:    "path to authorized_keys",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": "/home/x/.ssh/authorized_keys"},
+			wantErr: []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: looks like a file path"},
 		},
 		{
 			name: "host key garbage",
@@ -324,14 +350,21 @@ func TestLoadWarnsUnknownBastionVars(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []any
+	var names, closest []any
 	for _, w := range c.Warnings {
 		if strings.Contains(w.Msg, "unknown variable") {
 			names = append(names, w.Attrs[1])
+			if w.Attrs[2] != "did_you_mean" {
+				t.Errorf("warning %+v: no did_you_mean", w)
+			}
+			closest = append(closest, w.Attrs[3])
 		}
 	}
 	if !slices.Equal(names, []any{"BASTION_ALOW", "BASTION_FOO"}) {
 		t.Errorf("unknown-variable warnings for %v", names)
+	}
+	if closest[0] != "BASTION_ALLOW" {
+		t.Errorf("BASTION_ALOW: did_you_mean %v, want BASTION_ALLOW", closest[0])
 	}
 }
 
@@ -434,5 +467,115 @@ func TestLoadSettings(t *testing.T) {
 				t.Fatalf("LoadSettings returned keys: %+v", c)
 			}
 		})
+	}
+}
+
+func TestClosestVariable(t *testing.T) {
+	tests := []struct{ typo, want string }{
+		{"BASTION_ALOW", "BASTION_ALLOW"},
+		{"BASTION_ALLOWW", "BASTION_ALLOW"},
+		{"BASTION_ALLOWED", "BASTION_ALLOW"},
+		{"BASTION_LOGLEVEL", "BASTION_LOG_LEVEL"},
+		{"BASTION_LOG_FMT", "BASTION_LOG_FORMAT"},
+		{"BASTION_SSH_ADR", "BASTION_SSH_ADDR"},
+		{"BASTION_STOPTIMEOUT", "BASTION_STOP_TIMEOUT"},
+		{"BASTION_IDLE_TIMOUT", "BASTION_IDLE_TIMEOUT"},
+		{"BASTION_SMM", "BASTION_SSM"},
+	}
+	for _, tt := range tests {
+		if got := ClosestVariable(tt.typo); got != tt.want {
+			t.Errorf("ClosestVariable(%q) = %q, want %q", tt.typo, got, tt.want)
+		}
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0}, {"a", "", 1}, {"", "abc", 3}, {"kitten", "sitting", 3},
+		{"BASTION_ALOW", "BASTION_ALLOW", 1}, {"abc", "abc", 0}, {"ab", "ba", 2},
+	}
+	for _, tt := range tests {
+		if got := editDistance(tt.a, tt.b); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+		if got := editDistance(tt.b, tt.a); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.b, tt.a, got, tt.want)
+		}
+	}
+}
+
+// TestLoadWarnsAllowHostNames: a host-name entry in BASTION_ALLOW is named
+// in one warning that says only an address entry opens a denied range;
+// address entries alone give none.
+func TestLoadWarnsAllowHostNames(t *testing.T) {
+	ak := b64(readTestdata(t, "authorized_keys"))
+	warning := func(allow string) *Warning {
+		cleanEnv(t, map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": ak, "BASTION_ALLOW": allow})
+		c, err := Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found *Warning
+		for i, w := range c.Warnings {
+			if strings.HasPrefix(w.Msg, "BASTION_ALLOW: host-name entries") {
+				if found != nil {
+					t.Fatalf("two host-name warnings: %+v", c.Warnings)
+				}
+				found = &c.Warnings[i]
+			}
+		}
+		return found
+	}
+	w := warning("10.0.0.0/8,localhost:22,db.internal:5432-5433,127.0.0.1/32:22")
+	if w == nil {
+		t.Fatal("no warning for host-name entries")
+	}
+	if !strings.Contains(w.Msg, "only an address entry inside the range opens it") ||
+		!slices.Equal(w.Attrs, []any{"variable", "BASTION_ALLOW", "host_entries", "localhost:22,db.internal:5432-5433"}) {
+		t.Errorf("warning %+v", *w)
+	}
+	if w := warning("10.0.0.0/8,127.0.0.1/32:22"); w != nil {
+		t.Errorf("warning without host names: %+v", *w)
+	}
+}
+
+func TestLooksLikePath(t *testing.T) {
+	ak := readTestdata(t, "authorized_keys")
+	pem := readTestdata(t, "host_ed25519")
+	tests := []struct {
+		in   string
+		want bool
+	}{
+		{"~/.ssh/id_ed25519.pub", true},
+		{"/home/x/.ssh/authorized_keys", true},
+		{"/Users/Jane Doe/.ssh/id_rsa.pub", true},
+		{"./keys/team.pub", true},
+		{"../authorized_keys", true},
+		{"$HOME/.ssh/id_ed25519.pub", true},
+		{`C:\Users\me\.ssh\id_ed25519.pub`, true},
+		{"id_ed25519.pub", true},
+		{"authorized_keys", true},
+		{"host.pem", true},
+		{"keys/id_ecdsa.pub", true},
+		{strings.TrimSpace(ak), false},
+		{b64(ak), false},
+		{base64.RawURLEncoding.EncodeToString([]byte(ak)), false},
+		{strings.TrimSpace(pem), false},
+		{b64(pem), false},
+		{"restrict,permitopen=\"db:5432\" " + strings.TrimSpace(ak), false},
+		{"# comment\n" + ak, false},
+		{"", false},
+		{"hello", false},
+		{"id_rsa", false}, // valid base64: left to the decoder
+		{`%USERPROFILE%\.ssh\id_ed25519.pub`, true},
+		{"%%%not-base64%%%", false},
+	}
+	for _, tt := range tests {
+		if got := looksLikePath(tt.in); got != tt.want {
+			t.Errorf("looksLikePath(%.40q) = %v, want %v", tt.in, got, tt.want)
+		}
 	}
 }

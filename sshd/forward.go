@@ -14,6 +14,8 @@ import (
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-dev/bastion/internal/rawfd"
 )
 
 // directTCPIPRequest is the RFC 4254 section 7.2 payload.
@@ -394,7 +396,7 @@ func (r *readReady) read() ([]byte, error) {
 			r.bp = bulkBufs.Get().(*[]byte)
 		}
 		for {
-			n, errno = syscall.Read(int(fd), *r.bp)
+			n, errno = rawfd.Read(fd, *r.bp)
 			if errno != syscall.EINTR {
 				break
 			}

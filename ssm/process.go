@@ -63,10 +63,7 @@ func (l *Lifecycle) startLogged(cmd *exec.Cmd, step, redact string, onLine func(
 	cmd.Stdin = nil
 	cmd.Stdout = w
 	cmd.Stderr = w
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true
+	ownProcessGroup(cmd)
 	p, err := l.start.Start(cmd)
 	w.Close() // the child has its own copy
 	if err != nil {

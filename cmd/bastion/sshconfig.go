@@ -54,8 +54,14 @@ func sshConfig(w, errw io.Writer, args []string) int {
 	first := fs.Bool("first", false, "with several matches, take the most recently registered one")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up the lookup after this long")
 	fs.Usage = func() {
-		fmt.Fprintln(errw, "usage: bastion ssh-config (-name NAME | -tag KEY=VALUE ...) [-alias HOST] [-region R] [-host-key FILE] [-first]")
+		fmt.Fprintln(fs.Output(), "usage: bastion ssh-config (-name NAME | -tag KEY=VALUE ...) [-alias HOST] [-region R] [-host-key FILE] [-first]")
 		fs.PrintDefaults()
+	}
+	// Help goes to stdout and is not an error; nothing else happens.
+	if helpRequested(args) {
+		fs.SetOutput(w)
+		fs.Usage()
+		return 0
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2

@@ -5,8 +5,9 @@ package pipes
 
 import (
 	"os"
-	"syscall"
 	"time"
+
+	"github.com/bastion-dev/bastion/internal/rawfd"
 )
 
 // DrainLimit is what a reader should take at most with ReadBuffered: a
@@ -31,7 +32,7 @@ func ReadBuffered(r *os.File, limit int) []byte {
 		var n int
 		var rerr error
 		// Returning true never parks: an empty pipe ends the loop (EAGAIN).
-		if err := rc.Read(func(fd uintptr) bool { n, rerr = syscall.Read(int(fd), buf); return true }); err != nil || rerr != nil || n <= 0 {
+		if err := rc.Read(func(fd uintptr) bool { n, rerr = rawfd.Read(fd, buf); return true }); err != nil || rerr != nil || n <= 0 {
 			break
 		}
 		out = append(out, buf[:n]...)

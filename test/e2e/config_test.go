@@ -76,6 +76,21 @@ func TestBadEnvironment(t *testing.T) {
 		{"reserved tag", map[string]string{"BASTION_SSM_TAGS": "bastion:ecs-cluster=x"}, []string{"BASTION_SSM_TAGS", "reserved"}},
 		{"keepalive negative", map[string]string{"BASTION_KEEPALIVE_INTERVAL": "-1s"}, []string{"BASTION_KEEPALIVE_INTERVAL"}},
 		{"advanced tier not a bool", map[string]string{"BASTION_SSM_REQUIRE_ADVANCED_TIER": "maybe"}, []string{"BASTION_SSM_REQUIRE_ADVANCED_TIER", "boolean"}},
+		// The usual mistakes are named with what to do.
+		{"authorized keys given as a path", map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": "~/.ssh/id_ed25519.pub"},
+			[]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: looks like a file path: pass the file's contents", `"$(cat FILE)"`}},
+		{"authorized_keys file path", map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": "/home/x/.ssh/authorized_keys"},
+			[]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: looks like a file path"}},
+		{"host key given as a path", map[string]string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": "./bastion_host_ed25519"},
+			[]string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED: looks like a file path"}},
+		{"private key as authorized keys", map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": harness.B64(user.PEM(t))},
+			[]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: holds a private key, where public keys belong"}},
+		{"private key pasted plain as authorized keys", map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": user.PEM(t)},
+			[]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED: holds a private key, where public keys belong"}},
+		{"private key as the host public key", map[string]string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": hostPEM, "SSH_PUBLIC_HOST_KEY_BASE64ENCODED": hostPEM},
+			[]string{"SSH_PUBLIC_HOST_KEY_BASE64ENCODED: holds a private key, where public keys belong"}},
+		{"public key as the host private key", map[string]string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED": harness.B64(host.Pub)},
+			[]string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED: holds a public key, where the private host key belongs"}},
 	}
 	if len(cases) < 20 {
 		t.Fatalf("want at least 20 cases")
@@ -119,8 +134,15 @@ func TestBadEnvironment(t *testing.T) {
 				}
 			}
 			for _, name := range []string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED", "SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "SSH_PUBLIC_HOST_KEY_BASE64ENCODED"} {
-				if v := env[name]; len(v) > 12 && strings.Contains(string(out), v) {
+				if v := env[name]; len(v) > 12 && strings.Contains(string(out), strings.TrimSpace(v)) {
 					t.Fatalf("output echoes the value of %s", name)
+				}
+			}
+			for _, pem := range []string{user.PEM(t), host.PEM(t)} {
+				for _, line := range strings.Split(pem, "\n") {
+					if len(line) > 16 && strings.Contains(string(out), line) {
+						t.Fatalf("output carries a line of a private key:\n%s", out)
+					}
 				}
 			}
 			for _, secretish := range []string{"AAAAC3NzaC1lZDI1NTE5", "PRIVATE KEY", "hunter2"} {
@@ -135,7 +157,9 @@ func TestBadEnvironment(t *testing.T) {
 	}
 }
 
-// TestTypoWarning: an unknown BASTION_* variable is named in a warning.
+// TestTypoWarning: an unknown BASTION_* variable is named in a warning
+// with the known one closest to it; a host name in BASTION_ALLOW gets a
+// warning that only an address entry opens a denied range.
 func TestTypoWarning(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -143,8 +167,23 @@ func TestTypoWarning(t *testing.T) {
 	b := harness.StartBastion(t, dir, harness.BastionOptions{Env: map[string]string{
 		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": user.Pub, // plain text is accepted too
 		"BASTION_ALLOWW":                    "10.0.0.0/8",
+		"BASTION_ALOW":                      "10.0.0.0/8",
+		"BASTION_LOGLEVEL":                  "debug",
+		"BASTION_ALLOW":                     "localhost:22,10.0.0.0/8",
 	}})
-	b.Log.WaitFor(t, 5*time.Second, "unknown variable ignored (typo?)", map[string]string{"variable": "BASTION_ALLOWW"})
+	for typo, want := range map[string]string{"BASTION_ALLOWW": "BASTION_ALLOW", "BASTION_ALOW": "BASTION_ALLOW", "BASTION_LOGLEVEL": "BASTION_LOG_LEVEL"} {
+		b.Log.WaitFor(t, 5*time.Second, "unknown variable ignored (typo?)", map[string]string{"variable": typo, "did_you_mean": want})
+	}
+	var hostWarning map[string]any
+	for _, l := range b.Log.Records() {
+		if strings.HasPrefix(fmt.Sprint(l["msg"]), "BASTION_ALLOW: host-name entries never open a denied range") {
+			hostWarning = l
+		}
+	}
+	if hostWarning == nil || hostWarning["level"] != "WARN" || hostWarning["host_entries"] != "localhost:22" ||
+		!strings.Contains(fmt.Sprint(hostWarning["msg"]), "only an address entry inside the range opens it") {
+		t.Fatalf("no warning about the host name in BASTION_ALLOW:\n%s", b.Log.String())
+	}
 }
 
 func TestHandshakeDeadline(t *testing.T) {
@@ -193,6 +232,7 @@ func TestUnauthenticatedCap(t *testing.T) {
 
 	var mu sync.Mutex
 	var conns []net.Conn
+	var firstErr error // what went wrong first, for the failure message
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -207,12 +247,17 @@ func TestUnauthenticatedCap(t *testing.T) {
 				defer wg.Done()
 				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 				c, err := d.Dial("tcp", s.bastion.Addr)
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				if err == nil {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
 				if err != nil {
 					return
 				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
 				c.SetReadDeadline(time.Now().Add(3 * time.Second))
 				line, err := bufio.NewReader(c).ReadString('\n')
 				if err == nil && strings.HasPrefix(line, "SSH-2.0-") {
@@ -225,7 +270,7 @@ func TestUnauthenticatedCap(t *testing.T) {
 	}
 	held := burst("127.0.0.1", 300)
 	if held > 16 || held == 0 {
-		t.Fatalf("per-source cap: %d of 300 idle connections got a banner, want ≤ 16", held)
+		t.Fatalf("per-source cap: %d of 300 idle connections got a banner, want ≤ 16 (%d connected; first dial error: %v)", held, len(conns), firstErr)
 	}
 	// A real client from another address gets in while the burst holds.
 	cfg := harness.ClientConfig(t, t.TempDir(), map[string]string{

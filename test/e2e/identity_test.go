@@ -230,7 +230,7 @@ func TestSSMSessionFlood(t *testing.T) {
 	}
 	bin, _ := harness.Build(t)
 	hc := exec.Command("nsenter", "-t", fmt.Sprint(w.b.Pid), "-p", "-m", "--", "env",
-		"BASTION_SSH_ADDR="+w.b.Addr, "INSTANCE_IAM_ROLE=bastion-agent", "AWS_REGION="+fakessm.DefaultRegion, bin, "healthcheck")
+		"BASTION_SSH_ADDR="+w.b.Addr, "INSTANCE_IAM_ROLE=bastion-agent", bin, "healthcheck")
 	if out, err := hc.CombinedOutput(); err != nil {
 		t.Errorf("healthcheck during the flood: %v\n%s", err, out)
 	}
@@ -284,21 +284,18 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 	user := harness.Keygen(t, dir, "user")
 	echo := harness.Serve(t, "tcp", "127.0.0.1:0", harness.Echo)
 	eport := echo.Addr().(*net.TCPAddr).Port
-	start := func(env map[string]string) *harness.Bastion {
+	startWith := func(env map[string]string) *harness.Bastion {
 		env["ROOT_PUBLIC_SSH_KEY_BASE64ENCODED"] = harness.B64(user.Pub + "\n")
 		env["BASTION_ALLOW"] = fmt.Sprintf("127.0.0.1/32:%d", eport)
 		return harness.StartBastion(t, dir, harness.BastionOptions{Env: env})
 	}
-	plain := start(map[string]string{})
-	dead := start(map[string]string{"BASTION_NOTIFY_URL": hook.URL})
 	signer := mustSigner(t, user)
-	connect := func(b *harness.Bastion) time.Duration {
+	timeConnect := func(b *harness.Bastion) time.Duration {
 		start := time.Now()
 		c, err := goDial(t, b, "root", signer)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
 		ch, err := goDirect(c, "127.0.0.1", eport)
 		if err != nil {
 			t.Fatal(err)
@@ -306,16 +303,25 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 		ch.Write([]byte("x"))
 		buf := make([]byte, 1)
 		ch.Read(buf)
-		return time.Since(start)
+		d := time.Since(start)
+		c.Close()
+		return d
 	}
-	// Interleaved, so that both see the same load on the machine.
-	var base, with []time.Duration
-	for i := 0; i < 21; i++ {
-		base = append(base, connect(plain))
-		with = append(with, connect(dead))
+	// Interleaved, each first in turn, so that whatever else loads the
+	// machine weighs on both the same.
+	base, dead := startWith(map[string]string{}), startWith(map[string]string{"BASTION_NOTIFY_URL": hook.URL})
+	var baseDs, deadDs []time.Duration
+	for i := 0; i < 16; i++ {
+		if i%2 == 0 {
+			baseDs = append(baseDs, timeConnect(base))
+			deadDs = append(deadDs, timeConnect(dead))
+		} else {
+			deadDs = append(deadDs, timeConnect(dead))
+			baseDs = append(baseDs, timeConnect(base))
+		}
 	}
-	base50, baseWorst := median(base), maxDuration(base)
-	dead50, deadWorst := median(with), maxDuration(with)
+	base50, baseWorst := median(baseDs), maxDuration(baseDs)
+	dead50, deadWorst := median(deadDs), maxDuration(deadDs)
 	t.Logf("connect+auth+tunnel: p50 %v (worst %v) without a webhook, %v (worst %v) with a hanging one", base50, baseWorst, dead50, deadWorst)
 	// A notification on the connection's path would cost at least the
 	// webhook's 10 s request timeout; nothing close to that may show, and

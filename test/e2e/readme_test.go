@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -132,4 +134,224 @@ func TestReadmeLocalRun(t *testing.T) {
 	if len(p.Log.Find("bastion exiting", map[string]string{"code": "0"})) != 1 {
 		t.Errorf("want one \"bastion exiting\" line with code 0 after Ctrl-C:\n%s", p.Log.String())
 	}
+}
+
+// readmeSectionBlocks returns the ```sh blocks of the README section that
+// starts with heading, in order.
+func readmeSectionBlocks(t *testing.T, heading string) []string {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join(harness.ModuleRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n"+heading+"\n")
+	if !ok {
+		t.Fatalf("README.md has no section %q", heading)
+	}
+	if i := strings.Index(section, "\n## "); i >= 0 {
+		section = section[:i]
+	}
+	var blocks []string
+	for {
+		_, rest, ok := strings.Cut(section, "```sh\n")
+		if !ok {
+			return blocks
+		}
+		block, after, ok := strings.Cut(rest, "```")
+		if !ok {
+			t.Fatalf("README.md %q: a ```sh block is not closed", heading)
+		}
+		blocks = append(blocks, block)
+		section = after
+	}
+}
+
+// goEnv is the Go toolchain's environment for `go run` under another HOME:
+// the caches stay where they are, so the README's commands build offline.
+func goEnv(t *testing.T) []string {
+	t.Helper()
+	names := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN"}
+	out, err := exec.Command("go", append([]string{"env"}, names...)...).Output()
+	if err != nil {
+		t.Fatalf("go env: %v", err)
+	}
+	values := strings.Split(string(out), "\n")
+	var env []string
+	for i, name := range names {
+		env = append(env, name+"="+values[i])
+	}
+	return env
+}
+
+// TestReadmeTryLocally runs "Trying it locally" as written: the keygen
+// step, terminal 1 (the bastion) and terminal 2 (ssh -J to this machine's
+// sshd on 127.0.0.1:22), in a network namespace of their own and with a
+// fresh home directory; then Ctrl-C, terminal 1 again, and terminal 2
+// again, which OpenSSH accepts only if the host key did not change.
+func TestReadmeTryLocally(t *testing.T) {
+	t.Parallel()
+	harness.RequireRoot(t)
+	harness.RequireTools(t, "go", "ssh", "ssh-keygen", "/usr/sbin/sshd", "unshare", "ip")
+	blocks := readmeSectionBlocks(t, "## Trying it locally")
+	if len(blocks) != 3 {
+		t.Fatalf("Trying it locally: want 3 ```sh blocks (keygen, terminal 1, terminal 2), got %d", len(blocks))
+	}
+	keygenStep, terminal1, terminal2 := blocks[0], blocks[1], blocks[2]
+
+	// A user with a key and a home of their own. OpenSSH finds ~ through
+	// getpwuid, not $HOME, so each step runs in a mount namespace where
+	// this user's home directory is the test's; the real one is bound
+	// aside so that the Go caches in it stay usable.
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	home, realHome := filepath.Join(dir, "home"), filepath.Join(dir, "realhome")
+	for _, d := range []string{filepath.Join(home, ".ssh"), realHome} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	me := harness.Keygen(t, filepath.Join(home, ".ssh"), "id_ed25519")
+	os.WriteFile(filepath.Join(home, ".ssh", "config"), []byte("Host *\n  BatchMode yes\n  StrictHostKeyChecking accept-new\n"+
+		"  GlobalKnownHostsFile /dev/null\n  ConnectTimeout 10\n"), 0o600)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + u.HomeDir}
+	for _, kv := range goEnv(t) {
+		name, value, _ := strings.Cut(kv, "=")
+		if rest, ok := strings.CutPrefix(value, u.HomeDir+"/"); ok {
+			value = filepath.Join(realHome, rest)
+		}
+		env = append(env, name+"="+value)
+	}
+
+	// The machine: a network namespace with loopback, and the OpenSSH
+	// server the section asks for on 127.0.0.1:22, taking the user's key.
+	ns := fmt.Sprintf("bastion-e2e-try-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set lo up: %v %s", err, out)
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	targetDir := filepath.Join(dir, "target")
+	os.MkdirAll(targetDir, 0o700)
+	targetKey := harness.Keygen(t, targetDir, "host_ed25519")
+	authorized := filepath.Join(targetDir, "authorized_keys")
+	os.WriteFile(authorized, []byte(me.Pub+"\n"), 0o600)
+	sshdConfig := filepath.Join(targetDir, "sshd_config")
+	os.WriteFile(sshdConfig, []byte(fmt.Sprintf("Port 22\nListenAddress 127.0.0.1\nHostKey %s\nAuthorizedKeysFile %s\nPidFile none\n"+
+		"UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+		targetKey.Path, authorized)), 0o600)
+	sshd := harness.Start(t, exec.Command("ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f", sshdConfig))
+	for !strings.Contains(sshd.Log.String(), "Server listening on 127.0.0.1 port 22.") {
+		select {
+		case <-sshd.Done():
+			t.Fatalf("sshd on 127.0.0.1:22 exited:\n%s", sshd.Log.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+
+	// step runs a README block as the user, on that machine.
+	step := func(block string) *exec.Cmd {
+		script := `set -e; mount --bind "$0" "$1"; mount --bind "$2" "$0"; exec sh -c "$3"`
+		cmd := exec.Command("ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private", "--",
+			"sh", "-c", script, u.HomeDir, realHome, home, block)
+		cmd.Dir = harness.ModuleRoot(t)
+		cmd.Env = env
+		return cmd
+	}
+
+	// Once: the permanent host key, private to the user.
+	if out, err := step(keygenStep).CombinedOutput(); err != nil {
+		t.Fatalf("keygen step: %v\n%s", err, out)
+	}
+	hostKeyFile := filepath.Join(home, ".ssh", "bastion_host_key.env")
+	fi, err := os.Stat(hostKeyFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("keygen step left %s with %v (%v), want mode 0600", hostKeyFile, fi, err)
+	}
+	raw, _ := os.ReadFile(hostKeyFile)
+	first, _, _ := strings.Cut(string(raw), "\n")
+	_, fingerprint, ok := strings.Cut(first, "fingerprint ")
+	if !ok || !strings.HasPrefix(fingerprint, "SHA256:") {
+		t.Fatalf("host key file starts with %q, want its fingerprint", first)
+	}
+
+	startBastion := func() *harness.Proc {
+		t.Helper()
+		p := harness.Start(t, step(terminal1))
+		deadline := time.Now().Add(3 * time.Minute) // a cold `go run` compiles
+		for len(p.Log.Find("bastion started", nil)) == 0 {
+			select {
+			case <-p.Done():
+				t.Fatalf("terminal 1 exited before the bastion started:\n%s", p.Log.String())
+			case <-time.After(50 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("terminal 1: bastion did not start:\n%s", p.Log.String())
+			}
+		}
+		started := p.Log.Find("bastion started", nil)[0]
+		if started["ssh_addr"] != "127.0.0.1:2222" || started["host_key"] != fingerprint || started["host_key_ephemeral"] != false {
+			t.Fatalf("bastion started with %v, want 127.0.0.1:2222 and the permanent key %s", started, fingerprint)
+		}
+		return p
+	}
+	jump := func(what string) {
+		t.Helper()
+		cmd := step(terminal2)
+		cmd.Stdin = strings.NewReader("echo logged-in-as-$(id -un)-through-the-bastion\nexit\n")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "logged-in-as-"+u.Username+"-through-the-bastion") {
+			t.Fatalf("%s: terminal 2 (%q): %v\n%s", what, strings.TrimSpace(terminal2), err, out)
+		}
+	}
+	stop := func(p *harness.Proc) {
+		t.Helper()
+		syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGINT) // Ctrl-C
+		if code := p.Wait(40 * time.Second); code == -1 {
+			t.Fatalf("terminal 1 did not stop on Ctrl-C:\n%s", p.Log.String())
+		}
+		if len(p.Log.Find("bastion exiting", map[string]string{"code": "0"})) != 1 {
+			t.Fatalf("want one \"bastion exiting\" line with code 0 after Ctrl-C:\n%s", p.Log.String())
+		}
+	}
+
+	first1 := startBastion()
+	jump("first start")
+	first1.Log.WaitFor(t, 10*time.Second, "tunnel", map[string]string{"requested": "127.0.0.1:22", "dialed": "127.0.0.1:22"})
+	// The bastion's key is now known (Debian's ssh_config hashes names).
+	known := filepath.Join(home, ".ssh", "known_hosts")
+	if out, err := exec.Command("ssh-keygen", "-F", "[127.0.0.1]:2222", "-f", known).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), strings.Fields(hostKeyPub(t, raw))[1]) {
+		t.Fatalf("known_hosts after the first jump has no entry for the bastion with its key: %v\n%s", err, out)
+	}
+	stop(first1)
+
+	// Restarted: the same key, so OpenSSH (StrictHostKeyChecking
+	// accept-new, the entry above) goes through without a word.
+	second := startBastion()
+	jump("after a restart")
+	stop(second)
+}
+
+// hostKeyPub is the public key line of a bastion keygen environment file.
+func hostKeyPub(t *testing.T, envFile []byte) string {
+	t.Helper()
+	for _, line := range strings.Split(string(envFile), "\n") {
+		if v, ok := strings.CutPrefix(line, "SSH_PUBLIC_HOST_KEY_BASE64ENCODED="); ok {
+			pub, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(pub))
+		}
+	}
+	t.Fatal("no SSH_PUBLIC_HOST_KEY_BASE64ENCODED in the host key file")
+	return ""
 }

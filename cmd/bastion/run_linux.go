@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -293,7 +294,7 @@ func (b *bastion) startSSH(keys []sshd.AuthorizedKey) error {
 	}
 	ln, err := net.Listen("tcp", b.cfg.Env.SSHAddr)
 	if err != nil {
-		return err
+		return listenError(b.cfg.Env.SSHAddr, err)
 	}
 	b.srv = srv // drained at stop only once it serves
 	go func() { b.serveErr <- srv.Serve(ln) }()
@@ -310,6 +311,21 @@ func (b *bastion) startSSH(keys []sshd.AuthorizedKey) error {
 		"allow", len(b.cfg.Allow), "ssm", b.cfg.SSM, "stop_timeout", b.cfg.Env.StopTimeout.String(),
 		"memory_budget", budget.String(), "max_tunnels", maxTunnels)
 	return nil
+}
+
+// listenError says what to do when BASTION_SSH_ADDR cannot be bound: the
+// two usual causes are another process on the port and a port below 1024
+// without the right to bind it.
+func listenError(addr string, err error) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("BASTION_SSH_ADDR %s: address already in use: another process holds this port (stop it, or choose another port, e.g. BASTION_SSH_ADDR=127.0.0.1:2222)", addr)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("BASTION_SSH_ADDR %s: permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; use a port of 1024 or more (e.g. BASTION_SSH_ADDR=127.0.0.1:2222), or give the binary the capability", addr)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("BASTION_SSH_ADDR %s: not an address of this host (use one of its addresses, 127.0.0.1, or :PORT for all)", addr)
+	}
+	return fmt.Errorf("BASTION_SSH_ADDR %s: %w", addr, err)
 }
 
 // peers names the process behind loopback connections: bastion's own

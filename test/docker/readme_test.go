@@ -1,0 +1,238 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bastion-dev/bastion/test/harness"
+)
+
+// The README's Docker section names a container, an image and a host port
+// of its own; test runs on this machine (other checkouts included) take
+// turns through this lock.
+const readmeDockerLock = "/tmp/bastion-readme-docker.lock"
+
+// readmeDockerBlock is the ```sh block of the README's "Run it in Docker on
+// your machine".
+func readmeDockerBlock(t *testing.T) string {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join(harness.ModuleRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Run it in Docker on your machine\n")
+	if !ok {
+		t.Fatal(`README.md has no section "Run it in Docker on your machine"`)
+	}
+	if i := strings.Index(section, "\n## "); i >= 0 {
+		section = section[:i]
+	}
+	_, rest, ok := strings.Cut(section, "```sh\n")
+	if !ok {
+		t.Fatal("README.md: the Docker section has no ```sh block")
+	}
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok || strings.Contains(rest[len(block)+3:], "```sh") {
+		t.Fatal("README.md: the Docker section should have exactly one, closed ```sh block")
+	}
+	return block
+}
+
+// cli runs the docker CLI with a deadline and returns its trimmed stdout.
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("docker %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+// TestReadmeDocker runs the README's Docker section as written, with a
+// fresh home directory holding only the user's key: it builds the FROM
+// scratch image without a registry, makes the host key file and starts the
+// container; then OpenSSH, pinning the key from that file, tunnels through
+// the published port to a service in another container, and docker stop
+// ends it in order with exit 0.
+func TestReadmeDocker(t *testing.T) {
+	t.Parallel()
+	requireDocker(t)
+	harness.RequireTools(t, "go", "ssh", "ssh-keygen", "sh")
+	block := readmeDockerBlock(t)
+
+	lock, err := os.OpenFile(readmeDockerLock, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	// A container left by a killed run of this test would hold the name.
+	cli(t, "rm", "-f", "bastion-local")
+
+	home := t.TempDir()
+	if err := os.Mkdir(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	user := harness.Keygen(t, filepath.Join(home, ".ssh"), "id_ed25519")
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		env = append(env, "DOCKER_HOST="+h)
+	}
+	names := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN"}
+	goenv, err := exec.Command("go", append([]string{"env"}, names...)...).Output()
+	if err != nil {
+		t.Fatalf("go env: %v", err)
+	}
+	for i, name := range names {
+		env = append(env, name+"="+strings.Split(string(goenv), "\n")[i])
+	}
+
+	sh := exec.Command("sh", "-c", block)
+	sh.Dir = harness.ModuleRoot(t)
+	sh.Env = env
+	out, err := sh.CombinedOutput()
+	t.Cleanup(func() {
+		cli(t, "rm", "-f", "bastion-local")
+		cli(t, "rmi", "bastion-local")
+	})
+	if err != nil {
+		t.Fatalf("the README's Docker block failed: %v\n%s", err, out)
+	}
+
+	// The host key the block made, which the container must present.
+	raw, err := os.ReadFile(filepath.Join(home, ".ssh", "bastion_host_key.env"))
+	if err != nil {
+		t.Fatalf("the block made no host key file: %v", err)
+	}
+	var hostPub string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "SSH_PUBLIC_HOST_KEY_BASE64ENCODED="); ok {
+			b, _ := base64.StdEncoding.DecodeString(v)
+			hostPub = strings.TrimSpace(string(b))
+		}
+	}
+	if hostPub == "" {
+		t.Fatalf("host key file without SSH_PUBLIC_HOST_KEY_BASE64ENCODED:\n%s", raw)
+	}
+
+	// Logs and the exit code are read while the container lives (--rm).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := exec.CommandContext(ctx, "docker", "logs", "-f", "bastion-local")
+	logBuf := &lockedBuffer{}
+	logs.Stdout, logs.Stderr = logBuf, logBuf
+	if err := logs.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Wait()
+	wait := exec.CommandContext(ctx, "docker", "wait", "bastion-local")
+	var waitOut bytes.Buffer
+	wait.Stdout = &waitOut
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logBuf.String(), `"msg":"bastion started"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the container did not start the bastion:\n%s", logBuf.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// A tunnel destination in another container on the same default
+	// network, as a user's service would be.
+	pctx := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(pctx, "hashsvc"), "./test/docker/hashsvc")
+	build.Dir = harness.ModuleRoot(t)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build hashsvc: %v\n%s", err, b)
+	}
+	os.WriteFile(filepath.Join(pctx, "Dockerfile"), []byte("FROM scratch\nCOPY hashsvc /\nENTRYPOINT [\"/hashsvc\"]\n"), 0o644)
+	img, err := cli(t, "build", "-q", pctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = img[strings.LastIndex(img, "\n")+1:]
+	t.Cleanup(func() { cli(t, "rmi", "-f", img) })
+	svc, err := cli(t, "run", "-d", "--rm", img, "-addr", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli(t, "rm", "-f", svc) })
+	svcIP, err := cli(t, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", svc)
+	if err != nil || svcIP == "" {
+		t.Fatalf("service container address %q: %v", svcIP, err)
+	}
+
+	cdir := t.TempDir()
+	cfg := harness.ClientConfig(t, cdir, map[string]string{harness.KnownHostsPattern("127.0.0.1", 2222): hostPub},
+		harness.Host{Alias: "bastion-local", HostName: "127.0.0.1", Port: 2222, User: "root", Identity: user.Path})
+	payload := filepath.Join(cdir, "payload")
+	harness.RandomFile(t, payload, 1<<20+17)
+	in, err := os.Open(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	ssh := exec.Command("ssh", "-F", cfg, "-W", svcIP+":9000", "bastion-local")
+	ssh.Stdin = in
+	var sshOut, sshErr bytes.Buffer
+	ssh.Stdout, ssh.Stderr = &sshOut, &sshErr
+	if err := ssh.Run(); err != nil {
+		t.Fatalf("ssh -W %s:9000 through the README's container (its host key pinned): %v\n%s\n%s", svcIP, err, sshErr.String(), logBuf.String())
+	}
+	if got, want := strings.TrimSpace(sshOut.String()), harness.FileSHA256(t, payload); got != want {
+		t.Fatalf("sha256 through the tunnel %q, want %q", got, want)
+	}
+
+	if _, err := cli(t, "stop", "bastion-local"); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.Wait(); err != nil {
+		t.Fatalf("docker wait: %v", err)
+	}
+	if code := strings.TrimSpace(waitOut.String()); code != "0" {
+		t.Fatalf("exit code %s after docker stop, want 0:\n%s", code, logBuf.String())
+	}
+	for _, want := range []string{`"msg":"tunnel"`, `"msg":"shutdown requested"`, `"msg":"bastion exiting","code":0`, `"host_key_ephemeral":false`} {
+		if !strings.Contains(logBuf.String(), want) {
+			t.Errorf("container log lacks %s:\n%s", want, logBuf.String())
+		}
+	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

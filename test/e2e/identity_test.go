@@ -230,7 +230,7 @@ func TestSSMSessionFlood(t *testing.T) {
 	}
 	bin, _ := harness.Build(t)
 	hc := exec.Command("nsenter", "-t", fmt.Sprint(w.b.Pid), "-p", "-m", "--", "env",
-		"BASTION_SSH_ADDR="+w.b.Addr, "INSTANCE_IAM_ROLE=bastion-agent", bin, "healthcheck")
+		"BASTION_SSH_ADDR="+w.b.Addr, "INSTANCE_IAM_ROLE=bastion-agent", "AWS_REGION="+fakessm.DefaultRegion, bin, "healthcheck")
 	if out, err := hc.CombinedOutput(); err != nil {
 		t.Errorf("healthcheck during the flood: %v\n%s", err, out)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/bastion-dev/bastion/authkeys"
 	"github.com/bastion-dev/bastion/entrypoint"
 	"github.com/bastion-dev/bastion/internal/membudget"
+	"github.com/bastion-dev/bastion/internal/procs"
 	"github.com/bastion-dev/bastion/notify"
 	"github.com/bastion-dev/bastion/sshd"
 	"github.com/bastion-dev/bastion/ssm"
@@ -135,6 +136,13 @@ func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	go func() { b.supDone <- b.sup.Run(b.ctx) }()
+	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
+		// The runtime's default (CPUs or quota) is the most it uses.
+		sc := &procs.Scaler{Changed: func(from, to int, used float64) {
+			log.Debug("processors", "from", from, "to", to, "cpu_used", used)
+		}}
+		go sc.Run(b.ctx)
+	}
 	go func() {
 		select {
 		case <-b.sup.Shutdown():

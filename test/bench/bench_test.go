@@ -9,7 +9,7 @@ import (
 )
 
 // TestBenchSmoke runs the benchmark's short mode (64 MiB, one run, 50
-// tunnels, 20 handshakes) and checks that the harness works: every phase
+// tunnels, 20 handshakes, 5 SSM-shaped sessions for 2 s) and checks that the harness works: every phase
 // produced figures and nothing failed. It says nothing about the ratios.
 // It needs root, sshd and ssh, loads both cores for about 30 s, and so is
 // opt-in: BASTION_BENCH_SMOKE=1 go test ./test/bench
@@ -32,9 +32,18 @@ func TestBenchSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, j := range []*jumpRes{res.Bastion, res.OpenSSH} {
+	for _, j := range []*jumpRes{res.Bastion, res.OpenSSH, res.OpenSSHGCM} {
 		if j == nil {
 			t.Fatal("missing results")
+		}
+		if len(j.TransferSec) != 1 || j.CPUPerGiBMedian <= 0 || len(j.SSMCPU) != 1 || j.SSMCPUMedian <= 0 || j.SSMFailures != 0 || j.SSMMiB <= 0 {
+			t.Errorf("%s: transfer %v, SSM-shaped load %+v", j.Name, j.TransferSec, j)
+		}
+		if j.Name == "openssh-gcm" {
+			if j.Cipher != "aes128-gcm@openssh.com" {
+				t.Errorf("openssh-gcm negotiated %q", j.Cipher)
+			}
+			continue
 		}
 		if len(j.TransferSec) != 1 || j.TransferMedian <= 0 || j.CPUPerGiBMedian <= 0 {
 			t.Errorf("%s: transfer %+v", j.Name, j)
@@ -55,7 +64,7 @@ func TestBenchSmoke(t *testing.T) {
 	if res.OpenSSH.TunnelsOpen.Procs < 2 {
 		t.Errorf("openssh tree with tunnels open has %d processes; the tree walk misses the per-connection children", res.OpenSSH.TunnelsOpen.Procs)
 	}
-	if len(res.Goals) != 5 {
+	if len(res.Goals) != 6 {
 		t.Errorf("goals: %+v", res.Goals)
 	}
 }

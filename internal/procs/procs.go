@@ -11,13 +11,16 @@
 // machine. On one processor the same hand-offs are a switch between
 // goroutines and the packets of a burst are handled in one go. A Scaler
 // starts with one processor and adds processors only when that is not
-// enough (the process used most of what it has over an interval), and
-// gives them back once the load has gone down.
+// enough: the process used most of what it has over an interval, or
+// runnable goroutines waited long to run (a burst of handshakes, or a
+// machine so busy that one thread gets too small a share of it). It gives
+// them back once the load has gone down.
 package procs
 
 import (
 	"context"
 	"runtime"
+	"runtime/metrics"
 	"syscall"
 	"time"
 )
@@ -31,6 +34,10 @@ type Scaler struct {
 	// CPUTime returns the CPU time the process has used so far; user plus
 	// system time from getrusage when nil.
 	CPUTime func() time.Duration
+	// Waits returns how many times goroutines have been scheduled so far
+	// and how many of them had waited longWait or more to run; the
+	// runtime's /sched/latencies:seconds (a sample of them) when nil.
+	Waits func() (all, long uint64)
 	// Set applies a number of processors; runtime.GOMAXPROCS when nil.
 	Set func(n int)
 	// Changed, when set, is told each change and the CPU use (in
@@ -43,10 +50,16 @@ type Scaler struct {
 // about an interval for the second processor). Down: a whole window below
 // scaleDown of one fewer processor, so that a load near the limit does not
 // make it flap.
+// A share of longWaits or more of an interval's schedulings having waited
+// longWait (with at least minWaits of them) also scales up, and keeps the
+// processors for a whole window.
 const (
 	scaleUp    = 0.75
 	scaleDown  = 0.5
 	downWindow = 10 // intervals
+	longWait   = time.Millisecond
+	longWaits  = 0.2
+	minWaits   = 50
 )
 
 // Run scales until ctx ends, then restores Max.
@@ -63,6 +76,9 @@ func (s *Scaler) Run(ctx context.Context) {
 	if s.Set == nil {
 		s.Set = func(n int) { runtime.GOMAXPROCS(n) }
 	}
+	if s.Waits == nil {
+		s.Waits = newSchedWaits()
+	}
 	if s.Max == 1 {
 		return
 	}
@@ -72,23 +88,30 @@ func (s *Scaler) Run(ctx context.Context) {
 	t := time.NewTicker(s.Interval)
 	defer t.Stop()
 	lastCPU, lastAt := s.CPUTime(), time.Now()
+	lastAll, lastLong := s.Waits()
 	var window [downWindow]float64
 	filled := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			cpu := s.CPUTime()
+		case <-t.C:
+			cpu, now := s.CPUTime(), time.Now()
 			used := float64(cpu-lastCPU) / float64(now.Sub(lastAt))
 			lastCPU, lastAt = cpu, now
+			all, long := s.Waits()
+			waited := all-lastAll >= minWaits && float64(long-lastLong) >= longWaits*float64(all-lastAll)
+			lastAll, lastLong = all, long
 			copy(window[1:], window[:downWindow-1])
 			window[0] = used
 			filled = min(filled+1, downWindow)
+			if waited {
+				filled = 0 // a full window of calm before giving any back
+			}
 			next := cur
 			avg := 0.0
 			switch {
-			case cur < s.Max && used >= scaleUp*float64(cur):
+			case cur < s.Max && (used >= scaleUp*float64(cur) || waited):
 				next, avg = min(s.Max, 2*cur), used
 			case cur > 1 && filled == downWindow:
 				for _, u := range window {
@@ -116,4 +139,24 @@ func rusageCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// newSchedWaits reads the runtime's scheduling latencies.
+func newSchedWaits() func() (all, long uint64) {
+	sample := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	return func() (all, long uint64) {
+		metrics.Read(sample)
+		if sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+			return 0, 0
+		}
+		h := sample[0].Value.Float64Histogram()
+		for i, n := range h.Counts {
+			all += n
+			// Buckets[i] is the lower bound of Counts[i].
+			if h.Buckets[i] >= longWait.Seconds() {
+				long += n
+			}
+		}
+		return all, long
+	}
 }

@@ -3,6 +3,7 @@ package procs
 import (
 	"context"
 	"math"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,24 @@ type fakeLoad struct {
 	load float64
 	cpu  time.Duration
 	last time.Time
+	// Each look at the scheduling waits adds 100 schedulings, longPer of
+	// which waited long.
+	longPer         uint64
+	waits, longWait uint64
+}
+
+func (f *fakeLoad) setLongWaits(per uint64) {
+	f.mu.Lock()
+	f.longPer = per
+	f.mu.Unlock()
+}
+
+func (f *fakeLoad) schedWaits() (all, long uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.waits += 100
+	f.longWait += f.longPer
+	return f.waits, f.longWait
 }
 
 func (f *fakeLoad) set(load float64) {
@@ -45,7 +64,7 @@ func (f *fakeLoad) cpuTime() time.Duration {
 func TestScaler(t *testing.T) {
 	load := &fakeLoad{}
 	sets := make(chan int, 100)
-	s := &Scaler{Max: 4, Interval: 5 * time.Millisecond, CPUTime: load.cpuTime, Set: func(n int) { sets <- n }}
+	s := &Scaler{Max: 4, Interval: 5 * time.Millisecond, CPUTime: load.cpuTime, Waits: load.schedWaits, Set: func(n int) { sets <- n }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -83,10 +102,49 @@ func TestScaler(t *testing.T) {
 			t.Fatalf("scaling down: %d, want %d", n, want)
 		}
 	}
+	// Light load, but goroutines wait to run (a thread starved of CPU, a
+	// burst): more processors, kept while the waits go on.
+	load.setLongWaits(30)
+	if n := next("waits"); n != 2 {
+		t.Fatalf("long waits: %d processors", n)
+	}
+	if n := next("waits"); n != 4 {
+		t.Fatalf("long waits go on: %d processors", n)
+	}
+	select {
+	case n := <-sets:
+		t.Fatalf("gave processors back (%d) while goroutines still waited", n)
+	case <-time.After(3 * downWindow * s.Interval):
+	}
+	load.setLongWaits(1)
+	if n := next("calm"); n != 3 {
+		t.Fatalf("after the waits: %d, want 3", n)
+	}
 	cancel()
 	<-done
 	if n := next("stop"); n != 4 {
 		t.Fatalf("after Run: %d processors, want Max", n)
+	}
+}
+
+// TestSchedWaits checks the default scheduling clock: goroutines made
+// runnable while this one keeps the only processor busy wait past
+// longWait, and some of them (the runtime samples) are counted so.
+func TestSchedWaits(t *testing.T) {
+	waits := newSchedWaits()
+	all0, long0 := waits()
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var wg sync.WaitGroup
+	for range 400 {
+		wg.Add(1)
+		go wg.Done() // queued behind this goroutine
+	}
+	for t0 := time.Now(); time.Since(t0) < 20*time.Millisecond; {
+	}
+	wg.Wait()
+	all, long := waits()
+	if all <= all0 || long <= long0 {
+		t.Errorf("schedulings %d -> %d, long waits %d -> %d", all0, all, long0, long)
 	}
 }
 

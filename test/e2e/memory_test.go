@@ -31,7 +31,9 @@ func memoryCgroup(t *testing.T, limit int64) string {
 	}
 	name := fmt.Sprintf("bastion-e2e-%d-%d", os.Getpid(), netnsSeq.Add(1))
 	var dir string
-	var files map[string]string
+	// Written in order: cgroup v1 refuses a memsw limit below the memory
+	// limit in force (EINVAL), so the memory limit goes first.
+	var files [][2]string
 	for _, line := range strings.Split(strings.TrimSpace(string(self)), "\n") {
 		f := strings.SplitN(line, ":", 3)
 		if len(f) != 3 {
@@ -40,11 +42,11 @@ func memoryCgroup(t *testing.T, limit int64) string {
 		switch {
 		case f[1] == "memory" || strings.Contains(","+f[1]+",", ",memory,"):
 			dir = filepath.Join("/sys/fs/cgroup/memory", f[2], name)
-			files = map[string]string{"memory.limit_in_bytes": fmt.Sprint(limit), "memory.memsw.limit_in_bytes": fmt.Sprint(limit)}
+			files = [][2]string{{"memory.limit_in_bytes", fmt.Sprint(limit)}, {"memory.memsw.limit_in_bytes", fmt.Sprint(limit)}}
 		case f[0] == "0" && f[1] == "" && dir == "":
 			if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
 				dir = filepath.Join("/sys/fs/cgroup", f[2], name)
-				files = map[string]string{"memory.max": fmt.Sprint(limit), "memory.swap.max": "0"}
+				files = [][2]string{{"memory.max", fmt.Sprint(limit)}, {"memory.swap.max", "0"}}
 			}
 		}
 	}
@@ -69,7 +71,8 @@ func memoryCgroup(t *testing.T, limit int64) string {
 		}
 		os.Remove(dir)
 	})
-	for f, v := range files {
+	for _, fv := range files {
+		f, v := fv[0], fv[1]
 		path := filepath.Join(dir, f)
 		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
 			if f == "memory.memsw.limit_in_bytes" && os.IsNotExist(err) {

@@ -487,7 +487,7 @@ func (b *bench) print(r *Results) {
 	row("  against openssh-gcm: wall", bs.TransferMedian, gcm.TransferMedian, "s")
 	row("  against openssh-gcm: jump CPU per GiB", bs.CPUPerGiBMedian, gcm.CPUPerGiBMedian, "CPU s")
 	if len(bs.SSMCPU) > 0 {
-		row(fmt.Sprintf("SSM-shaped: %d sessions x %gs, jump CPU (median of %d)", r.Settings.SSMSessions, r.Settings.SSMSeconds, len(bs.SSMCPU)),
+		row(fmt.Sprintf("SSM-shaped %dx%gs: jump CPU, median of %d", r.Settings.SSMSessions, r.Settings.SSMSeconds, len(bs.SSMCPU)),
 			bs.SSMCPUMedian, os_.SSMCPUMedian, "CPU s")
 		row("  against openssh-gcm", bs.SSMCPUMedian, gcm.SSMCPUMedian, "CPU s")
 	}

@@ -56,7 +56,7 @@ type Scaler struct {
 const (
 	scaleUp    = 0.75
 	scaleDown  = 0.5
-	downWindow = 10 // intervals
+	downWindow = 30 // intervals
 	longWait   = time.Millisecond
 	longWaits  = 0.2
 	minWaits   = 50

@@ -187,8 +187,8 @@ func (s *Server) admit(conn net.Conn) *connState {
 // will use.
 func (s *Server) exchangeIdent(cs *connState, conn net.Conn) (net.Conn, error) {
 	var c net.Conn = deadlineFreeConn{conn}
-	if rr, err := newReadReady(conn); err == nil {
-		c = &readBufConn{deadlineFreeConn: deadlineFreeConn{conn}, rr: rr}
+	if sk, err := newSocket(conn); err == nil {
+		c = &readBufConn{deadlineFreeConn: deadlineFreeConn{conn}, sk: sk}
 	}
 	sent := []byte(serverIdent + "\r\n")
 	if _, err := conn.Write(sent); err != nil {

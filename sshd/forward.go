@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"sync"
 	"syscall"
@@ -14,8 +13,6 @@ import (
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
-
-	"github.com/bastion-dev/bastion/internal/rawfd"
 )
 
 // directTCPIPRequest is the RFC 4254 section 7.2 payload.
@@ -194,18 +191,6 @@ func (s *Server) logTunnel(t *tunnel) {
 		"duration_ms", time.Since(t.start).Milliseconds(), "close_reason", t.reason)...)
 }
 
-// Copy buffers. An idle tunnel holds none of the pooled ones: the target is
-// read only when the socket has data (readReady), and the channel is read
-// into a small buffer until reads come back full. A bulk buffer drains
-// several queued SSH packets per read, so one write to the target carries
-// up to 128 KiB, and one read from the target fills up to four packets.
-const (
-	smallBufSize = 2 << 10
-	bulkBufSize  = 128 << 10
-)
-
-var bulkBufs = sync.Pool{New: func() any { b := make([]byte, bulkBufSize); return &b }}
-
 // pipe copies both ways with half-close: EOF from the client becomes a TCP
 // FIN to the target (CloseWrite), EOF from the target becomes an SSH EOF to
 // the client. It returns when both directions are done, or when the
@@ -241,10 +226,14 @@ func (s *Server) pipe(ctx context.Context, cs *connState, ch gossh.Channel, targ
 
 	// An error either way (reset, write to a closed peer) ends both; a
 	// clean EOF only half-closes.
+	var dst io.Writer = target
+	if sk, err := newSocket(target); err == nil {
+		dst = sk
+	}
 	upDone := make(chan struct{})
 	go func() {
 		defer close(upDone)
-		n, err := copyFromChannel(target, ch, cs.touch)
+		n, err := copyFromChannel(dst, ch, cs.touch)
 		up = n
 		if err != nil {
 			stop("client side: " + err.Error())
@@ -321,16 +310,16 @@ func copyFromChannel(dst io.Writer, src io.Reader, touch func()) (int64, error) 
 // copyFromTarget copies the target to dst with a pooled buffer taken only
 // while the socket has data.
 func copyFromTarget(dst io.Writer, src *net.TCPConn, touch func()) (int64, error) {
-	rr, err := newReadReady(src)
+	sk, err := newSocket(src)
 	if err != nil {
 		bp := bulkBufs.Get().(*[]byte)
 		defer bulkBufs.Put(bp)
 		return io.CopyBuffer(struct{ io.Writer }{dst}, touchReader{src, touch}, *bp)
 	}
-	defer rr.release()
+	defer sk.release()
 	var total int64
 	for {
-		buf, err := rr.read()
+		buf, err := sk.read()
 		if len(buf) > 0 {
 			touch()
 			w, werr := dst.Write(buf)
@@ -363,67 +352,4 @@ func (t touchReader) Read(p []byte) (int, error) {
 		t.touch()
 	}
 	return n, err
-}
-
-// readReady reads a socket without holding a buffer while it waits: the
-// read is a non-blocking one on the raw descriptor, and on EAGAIN the
-// pooled buffer goes back before the runtime poller parks the goroutine.
-type readReady struct {
-	conn net.Conn
-	rc   syscall.RawConn
-	bp   *[]byte
-}
-
-func newReadReady(c net.Conn) (*readReady, error) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil, errors.New("not a syscall.Conn")
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	return &readReady{conn: c, rc: rc}, nil
-}
-
-// read returns the next data in a pooled buffer that stays valid until the
-// next call or release; io.EOF at the end of the stream.
-func (r *readReady) read() ([]byte, error) {
-	var n int
-	var errno error
-	err := r.rc.Read(func(fd uintptr) bool {
-		if r.bp == nil {
-			r.bp = bulkBufs.Get().(*[]byte)
-		}
-		for {
-			n, errno = rawfd.Read(fd, *r.bp)
-			if errno != syscall.EINTR {
-				break
-			}
-		}
-		if errno == syscall.EAGAIN {
-			r.release()
-			return false
-		}
-		return true
-	})
-	switch {
-	case err != nil: // already a *net.OpError
-		r.release()
-		return nil, err
-	case errno != nil:
-		r.release()
-		return nil, &net.OpError{Op: "read", Net: "tcp", Source: r.conn.LocalAddr(), Addr: r.conn.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
-	case n == 0:
-		r.release()
-		return nil, io.EOF
-	}
-	return (*r.bp)[:n], nil
-}
-
-func (r *readReady) release() {
-	if r.bp != nil {
-		bulkBufs.Put(r.bp)
-		r.bp = nil
-	}
 }

@@ -19,16 +19,19 @@ func (deadlineFreeConn) SetWriteDeadline(time.Time) error { return nil }
 // of up to 128 KiB fills. x/crypto reads each packet through a 4 KiB
 // bufio.Reader: two or three read calls per 32 KiB packet without it. The
 // buffer goes back to the pool once drained, so an idle connection holds
-// none. Only the transport's read loop reads.
+// none. Only the transport's read loop reads. Writes (x/crypto serialises
+// them) go through the same socket's raw writes.
 type readBufConn struct {
 	deadlineFreeConn
-	rr      *readReady
+	sk      *socket
 	pending []byte
 }
 
+func (c *readBufConn) Write(p []byte) (int, error) { return c.sk.Write(p) }
+
 func (c *readBufConn) Read(p []byte) (int, error) {
 	if len(c.pending) == 0 {
-		buf, err := c.rr.read()
+		buf, err := c.sk.read()
 		if err != nil {
 			return 0, err
 		}
@@ -37,7 +40,7 @@ func (c *readBufConn) Read(p []byte) (int, error) {
 	n := copy(p, c.pending)
 	c.pending = c.pending[n:]
 	if len(c.pending) == 0 {
-		c.rr.release()
+		c.sk.release()
 	}
 	return n, nil
 }

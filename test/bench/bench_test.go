@@ -10,10 +10,10 @@ import (
 )
 
 // TestBenchSmoke runs the benchmark in miniature (16 MiB once, 20 tunnels,
-// 10 handshakes per jump host) and checks that the harness works: every
-// phase produced figures and nothing failed. It says nothing about the
-// ratios. Like the rest of the suite it needs root, sshd and ssh, and fails
-// when they are missing.
+// 10 handshakes per jump host, the SSM-shaped load briefly) and checks that
+// the harness works: every phase produced figures and nothing failed. It
+// says nothing about the ratios. Like the rest of the suite it needs root,
+// sshd and ssh, and fails when they are missing.
 func TestBenchSmoke(t *testing.T) {
 	harness.RequireRoot(t)
 	harness.RequireTools(t, "/usr/sbin/sshd", "ssh", "ssh-keygen", "sh", "head")
@@ -25,9 +25,18 @@ func TestBenchSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, j := range []*jumpRes{res.Bastion, res.OpenSSH} {
+	for _, j := range []*jumpRes{res.Bastion, res.OpenSSH, res.OpenSSHGCM} {
 		if j == nil {
 			t.Fatal("missing results")
+		}
+		if len(j.TransferSec) != 1 || j.CPUPerGiBMedian <= 0 || len(j.SSMCPU) != 1 || j.SSMCPUMedian <= 0 || j.SSMFailures != 0 || j.SSMMiB <= 0 {
+			t.Errorf("%s: transfer %v, SSM-shaped load %+v", j.Name, j.TransferSec, j)
+		}
+		if j.Name == "openssh-gcm" {
+			if j.Cipher != "aes128-gcm@openssh.com" {
+				t.Errorf("openssh-gcm negotiated %q", j.Cipher)
+			}
+			continue
 		}
 		if len(j.TransferSec) != 1 || j.TransferMedian <= 0 || j.CPUPerGiBMedian <= 0 {
 			t.Errorf("%s: transfer %+v", j.Name, j)
@@ -48,7 +57,7 @@ func TestBenchSmoke(t *testing.T) {
 	if res.OpenSSH.TunnelsOpen.Procs < 2 {
 		t.Errorf("openssh tree with tunnels open has %d processes; the tree walk misses the per-connection children", res.OpenSSH.TunnelsOpen.Procs)
 	}
-	if len(res.Goals) != 5 {
+	if len(res.Goals) != 6 {
 		t.Errorf("goals: %+v", res.Goals)
 	}
 	t.Logf("smoke took %v", time.Since(start).Round(time.Millisecond))

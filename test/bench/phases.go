@@ -58,6 +58,8 @@ func (b *bench) startBastion(j *jump, authorized string) ([]string, error) {
 		"BASTION_ALLOW=127.0.0.1/32",
 		"BASTION_MAX_STARTUPS=2000",
 		"BASTION_MAX_STARTUPS_PER_SOURCE=2000",
+		// One key opens every connection of the tunnels phase.
+		"BASTION_MAX_CONNECTIONS_PER_KEY=2000",
 	}
 	shown = append(shown, b.o.bastionEnv...)
 	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOME=/root",
@@ -117,7 +119,13 @@ func (b *bench) clientConfig(targetPort int, targetHK gossh.PublicKey) error {
 	for _, j := range b.jumps {
 		_, p, _ := net.SplitHostPort(j.addr)
 		lines = append(lines, fmt.Sprintf("[127.0.0.1]:%s %s", p, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(j.hostKey)))))
+	}
+	for _, j := range b.flows() {
+		_, p, _ := net.SplitHostPort(j.addr)
 		fmt.Fprintf(&cfg, "Host %s\n  HostName 127.0.0.1\n  Port %s\n", j.alias, p)
+		if j.ciphers != "" {
+			fmt.Fprintf(&cfg, "  Ciphers %s\n", j.ciphers)
+		}
 	}
 	fmt.Fprintf(&cfg, "Host *\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  GlobalKnownHostsFile /dev/null\n"+
 		"  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  ControlMaster no\n  LogLevel ERROR\n",
@@ -153,12 +161,22 @@ func (b *bench) algorithms(ctx context.Context, j *jump) error {
 	return nil
 }
 
-// order interleaves the jump hosts, rotating which goes first.
-func (b *bench) order(i int) []*jump {
-	n := len(b.jumps)
+// flows are the jump hosts as the client reaches them: each daemon with
+// the client's default ciphers, and OpenSSH's again with AES-GCM.
+func (b *bench) flows() []*jump {
+	out := append([]*jump(nil), b.jumps...)
+	if b.gcm != nil {
+		out = append(out, b.gcm)
+	}
+	return out
+}
+
+// order interleaves list, rotating which goes first.
+func order(list []*jump, i int) []*jump {
+	n := len(list)
 	out := make([]*jump, 0, n)
 	for k := 0; k < n; k++ {
-		out = append(out, b.jumps[(i+k)%n])
+		out = append(out, list[(i+k)%n])
 	}
 	return out
 }
@@ -171,7 +189,7 @@ func (b *bench) handshakes(ctx context.Context) error {
 	b.logf("handshakes: %d sequential ssh -W per jump host, interleaved", n)
 	durs := map[*jump][]float64{}
 	for i := 0; i < n; i++ {
-		for _, j := range b.order(i) {
+		for _, j := range order(b.jumps, i) {
 			c, cancel := context.WithTimeout(ctx, 30*time.Second)
 			cmd := exec.CommandContext(c, "ssh", "-F", b.sshCfg, "-W", b.echoAddr, j.alias)
 			t0 := time.Now()
@@ -240,7 +258,7 @@ func (b *bench) transfer(ctx context.Context, j *jump, size int64) (time.Duratio
 	err := cmd.Run()
 	d := time.Since(t0)
 	if err != nil {
-		return d, fmt.Errorf("%s: transfer: %v\n%s", j.name, err, stderr.String())
+		return d, fmt.Errorf("%s: transfer: %v\n%s", j.res.Name, err, stderr.String())
 	}
 	return d, nil
 }
@@ -251,13 +269,13 @@ func (b *bench) transfers(ctx context.Context) error {
 	}
 	gib := float64(b.o.size) / (1 << 30)
 	b.logf("transfers: %d MiB x %d per jump host, interleaved (after a 32 MiB warm-up each)", b.o.size>>20, b.o.runs)
-	for _, j := range b.jumps {
+	for _, j := range b.flows() {
 		if _, err := b.transfer(ctx, j, 32<<20); err != nil {
 			return err
 		}
 	}
 	for i := 0; i < b.o.runs; i++ {
-		for _, j := range b.order(i) {
+		for _, j := range order(b.flows(), i) {
 			j.settle(1, 10*time.Second)
 			cpu0 := j.cpuSeconds()
 			var perf *exec.Cmd
@@ -290,11 +308,11 @@ func (b *bench) transfers(ctx context.Context) error {
 			cpu := j.cpuSeconds() - cpu0
 			j.res.TransferSec = append(j.res.TransferSec, round(d.Seconds()))
 			j.res.CPUPerGiB = append(j.res.CPUPerGiB, round(cpu/gib))
-			b.logf("  %-8s run %d: %.2f s (%.0f MiB/s), jump CPU %.2f s/GiB", j.name, i+1, d.Seconds(),
+			b.logf("  %-11s run %d: %.2f s (%.0f MiB/s), jump CPU %.2f s/GiB", j.res.Name, i+1, d.Seconds(),
 				float64(b.o.size>>20)/d.Seconds(), cpu/gib)
 		}
 	}
-	for _, j := range b.jumps {
+	for _, j := range b.flows() {
 		j.res.TransferMedian = round(median(j.res.TransferSec))
 		j.res.CPUPerGiBMedian = round(median(j.res.CPUPerGiB))
 		if j.res.TransferMedian > 0 {
@@ -452,7 +470,12 @@ func (b *bench) print(r *Results) {
 		return
 	}
 	fmt.Fprintf(w, "\nbastion vs OpenSSH sshd as jump host (%s; %d cores; %s)\n", r.Host.CPU, r.Host.Cores, r.Host.OpenSSH)
-	fmt.Fprintf(w, "negotiated with the stock client: bastion %s / %s; openssh %s / %s\n", bs.Kex, bs.Cipher, os_.Kex, os_.Cipher)
+	gcm := r.OpenSSHGCM
+	if gcm == nil {
+		gcm = &jumpRes{}
+	}
+	fmt.Fprintf(w, "negotiated with the stock client: bastion %s / %s; openssh %s / %s; openssh-gcm (Ciphers set for the jump) %s\n",
+		bs.Kex, bs.Cipher, os_.Kex, os_.Cipher, gcm.Cipher)
 	fmt.Fprintf(w, "CPU: %s\nmemory: %s\n\n", r.Host.CPUMethod, r.Host.MemMethod)
 	row := func(name string, a, c float64, unit string) {
 		fmt.Fprintf(w, "%-44s %10.2f %10.2f %8.3f  %s\n", name, a, c, ratio(a, c), unit)
@@ -461,6 +484,13 @@ func (b *bench) print(r *Results) {
 	row(fmt.Sprintf("%d MiB via ssh -J: wall median of %d", r.Settings.TransferMiB, len(bs.TransferSec)), bs.TransferMedian, os_.TransferMedian, "s")
 	row("  throughput", bs.MiBps, os_.MiBps, "MiB/s")
 	row("jump CPU per GiB (median)", bs.CPUPerGiBMedian, os_.CPUPerGiBMedian, "CPU s")
+	row("  against openssh-gcm: wall", bs.TransferMedian, gcm.TransferMedian, "s")
+	row("  against openssh-gcm: jump CPU per GiB", bs.CPUPerGiBMedian, gcm.CPUPerGiBMedian, "CPU s")
+	if len(bs.SSMCPU) > 0 {
+		row(fmt.Sprintf("SSM-shaped %dx%gs: jump CPU, median of %d", r.Settings.SSMSessions, r.Settings.SSMSeconds, len(bs.SSMCPU)),
+			bs.SSMCPUMedian, os_.SSMCPUMedian, "CPU s")
+		row("  against openssh-gcm", bs.SSMCPUMedian, gcm.SSMCPUMedian, "CPU s")
+	}
 	row(fmt.Sprintf("%d idle tunnels: RSS sum", r.Settings.Tunnels), bs.TunnelsOpen.RSSMiB, os_.TunnelsOpen.RSSMiB, "MiB")
 	row("  PSS sum", bs.TunnelsOpen.PSSMiB, os_.TunnelsOpen.PSSMiB, "MiB")
 	row("  processes", float64(bs.TunnelsOpen.Procs), float64(os_.TunnelsOpen.Procs), "")
@@ -472,13 +502,17 @@ func (b *bench) print(r *Results) {
 	row("  p99", bs.HandshakeP99ms, os_.HandshakeP99ms, "ms")
 	fmt.Fprintf(w, "\ntransfer runs (s): bastion %v, openssh %v\n", bs.TransferSec, os_.TransferSec)
 	fmt.Fprintf(w, "CPU s/GiB runs:    bastion %v, openssh %v\n", bs.CPUPerGiB, os_.CPUPerGiB)
-	if x := r.BastionB; x != nil {
-		fmt.Fprintf(w, "A/B: bastion-b (%s): transfer median %.2f s (runs %v), CPU %.2f s/GiB (runs %v), tunnels RSS %.1f MiB, idle RSS %.1f MiB, handshake p50 %.1f ms\n",
-			r.Settings.BastionB, x.TransferMedian, x.TransferSec, x.CPUPerGiBMedian, x.CPUPerGiB, x.TunnelsOpen.RSSMiB, x.Idle.RSSMiB, x.HandshakeP50ms)
+	fmt.Fprintf(w, "openssh-gcm runs:  transfer %v s, CPU %v s/GiB\n", gcm.TransferSec, gcm.CPUPerGiB)
+	if len(bs.SSMCPU) > 0 {
+		fmt.Fprintf(w, "SSM-shaped CPU s:  bastion %v, openssh %v, openssh-gcm %v (%.1f MiB each way per run)\n", bs.SSMCPU, os_.SSMCPU, gcm.SSMCPU, bs.SSMMiB)
 	}
-	if bs.TunnelFailures+os_.TunnelFailures+bs.HandshakeFailure+os_.HandshakeFailure > 0 {
-		fmt.Fprintf(w, "failures: tunnels bastion %d openssh %d; handshakes bastion %d openssh %d\n",
-			bs.TunnelFailures, os_.TunnelFailures, bs.HandshakeFailure, os_.HandshakeFailure)
+	if x := r.BastionB; x != nil {
+		fmt.Fprintf(w, "A/B: bastion-b (%s): transfer median %.2f s (runs %v), CPU %.2f s/GiB (runs %v), SSM-shaped CPU %.2f s (runs %v), tunnels RSS %.1f MiB, idle RSS %.1f MiB, handshake p50 %.1f ms\n",
+			r.Settings.BastionB, x.TransferMedian, x.TransferSec, x.CPUPerGiBMedian, x.CPUPerGiB, x.SSMCPUMedian, x.SSMCPU, x.TunnelsOpen.RSSMiB, x.Idle.RSSMiB, x.HandshakeP50ms)
+	}
+	if bs.TunnelFailures+os_.TunnelFailures+bs.HandshakeFailure+os_.HandshakeFailure+bs.SSMFailures+os_.SSMFailures+gcm.SSMFailures > 0 {
+		fmt.Fprintf(w, "failures: tunnels bastion %d openssh %d; handshakes bastion %d openssh %d; SSM-shaped sessions bastion %d openssh %d openssh-gcm %d\n",
+			bs.TunnelFailures, os_.TunnelFailures, bs.HandshakeFailure, os_.HandshakeFailure, bs.SSMFailures, os_.SSMFailures, gcm.SSMFailures)
 	}
 	fmt.Fprintln(w, "\ngoals:")
 	for _, g := range r.Goals {

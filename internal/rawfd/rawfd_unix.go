@@ -9,3 +9,9 @@ import "syscall"
 func Read(fd uintptr, p []byte) (int, error) {
 	return syscall.Read(int(fd), p)
 }
+
+// Write is one write(2) on fd: EAGAIN when a non-blocking descriptor's
+// buffer is full.
+func Write(fd uintptr, p []byte) (int, error) {
+	return syscall.Write(int(fd), p)
+}

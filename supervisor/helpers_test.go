@@ -352,8 +352,10 @@ func helperStop(h *helper) int {
 		if !waitIgnores(c.Pid(), syscall.SIGTERM) {
 			h.failf("shell never trapped TERM")
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), deadline)
+		// Timed from before the context exists: its deadline is then at
+		// least t0+deadline, however late this goroutine runs.
 		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), deadline)
 		killed, err := c.Stop(ctx)
 		d := time.Since(t0)
 		cancel()

@@ -157,8 +157,12 @@ func (c *Child) Signal(sig syscall.Signal) error {
 	return nil
 }
 
+// killLead is the most Stop keeps between its SIGKILL and ctx's deadline.
+const killLead = 100 * time.Millisecond
+
 // Stop sends SIGTERM and SIGCONT (a stopped process cannot act on TERM), waits
-// for the exit until ctx ends, then sends SIGKILL and waits up to 2 s more.
+// for the exit until shortly before ctx's deadline (a tenth of the time
+// left, at most killLead), then sends SIGKILL and waits up to 2 s more.
 // killed reports whether SIGKILL was needed.
 func (c *Child) Stop(ctx context.Context) (killed bool, err error) {
 	select {
@@ -172,7 +176,15 @@ func (c *Child) Stop(ctx context.Context) (killed bool, err error) {
 	if err := c.Signal(syscall.SIGCONT); err != nil {
 		return false, err
 	}
-	if c.s.waitFor(ctx, c.done) {
+	// SIGKILL goes a little before ctx's deadline, so that the kill and
+	// the reap also fit in it: the caller's next step starts on time.
+	termCtx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		termCtx, cancel = context.WithDeadline(ctx, dl.Add(-min(time.Until(dl)/10, killLead)))
+		defer cancel()
+	}
+	if c.s.waitFor(termCtx, c.done) {
 		return false, nil
 	}
 	c.s.log.Warn("supervisor: child ignored SIGTERM, killing", "pid", c.pid)

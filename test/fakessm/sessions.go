@@ -1,8 +1,6 @@
 package fakessm
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"slices"
 	"sort"
@@ -56,10 +54,8 @@ func (s *Server) StartSession(in Session) (Session, error) {
 		return Session{}, fmt.Errorf("fakessm: a session needs an Owner")
 	}
 	if in.SessionID == "" {
-		var b [9]byte
-		_, _ = rand.Read(b[:])
 		name := in.Owner[strings.LastIndexAny(in.Owner, "/:")+1:]
-		in.SessionID = name + "-" + hex.EncodeToString(b[:])[:17]
+		in.SessionID = name + "-" + randomHex17()
 	}
 	if in.Status == "" {
 		in.Status = SessionConnected

@@ -249,10 +249,13 @@ func (s *Server) sortedInstanceIDs() []string {
 	return ids
 }
 
-func newInstanceID() string {
+func newInstanceID() string { return "mi-" + randomHex17() }
+
+// randomHex17 is the random part of managed-instance and session ids.
+func randomHex17() string {
 	var b [9]byte
 	_, _ = rand.Read(b[:])
-	return "mi-" + hex.EncodeToString(b[:])[:17]
+	return hex.EncodeToString(b[:])[:17]
 }
 
 // AddActivation seeds an activation without going through CreateActivation.

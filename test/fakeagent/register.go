@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // processRegistration follows core/agent_parser.go: prompt (only without -y
@@ -87,7 +89,7 @@ func registerManagedInstance() (string, error) {
 	if err := writeVault(serverInfo{PrivateKey: privateKey, PrivateKeyType: "Rsa", PrivateKeyDate: keyDate}); err != nil {
 		return "", fmt.Errorf("Unable to save registration information. %v\nTry running as sudo/administrator.", err)
 	}
-	fingerprint := newFingerprint()
+	fingerprint := fakeaws.NewUUID()
 
 	m := modes()
 	if _, ok := m["register-hang"]; ok {
@@ -139,12 +141,4 @@ func clearRegistration(log *logger) int {
 	}
 	log.Infof("Registration information has been removed from the instance.")
 	return 0
-}
-
-func newFingerprint() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }

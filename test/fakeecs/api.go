@@ -1,14 +1,12 @@
 package fakeecs
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
 
-	"github.com/bastion-dev/bastion/test/fakesigv4"
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // The ECS API side of the fake: DescribeTasks, spoken as the real service
@@ -20,15 +18,13 @@ import (
 // failures with reason MISSING, as ECS answers for tasks it has forgotten
 // (it keeps stopped tasks for about an hour).
 
-// Credentials and region the API accepts (the same defaults as test/fakessm,
-// since one bastion signs for both).
+// Credentials and region the API accepts (fakeaws's defaults, the same as
+// test/fakessm's, since one bastion signs for both).
 const (
-	DefaultAccessKeyID     = "AKIDFAKE"
-	DefaultSecretAccessKey = "fakesecret"
-	DefaultRegion          = "us-east-1"
+	DefaultAccessKeyID     = fakeaws.DefaultAccessKeyID
+	DefaultSecretAccessKey = fakeaws.DefaultSecretAccessKey
+	DefaultRegion          = fakeaws.DefaultRegion
 )
-
-const targetPrefix = "AmazonEC2ContainerServiceV20141113."
 
 // Task statuses (lastStatus).
 const (
@@ -48,97 +44,50 @@ func (s *Server) SetTaskStatus(taskARN, status string) {
 	s.statuses[taskARN] = status
 }
 
-// FailNext makes the next n API calls fail with code (ClientException,
-// ServerException, AccessDeniedException, ThrottlingException…).
-func (s *Server) FailNext(n int, code string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i := 0; i < n; i++ {
-		s.faults = append(s.faults, code)
-	}
+// newAPI is the ECS API endpoint, mounted on the metadata server by serve.
+func (s *Server) newAPI() *fakeaws.Endpoint {
+	return fakeaws.New(fakeaws.Service{
+		Name:         "fakeecs",
+		TargetPrefix: "AmazonEC2ContainerServiceV20141113.",
+		SigningName:  "ecs",
+		Region:       DefaultRegion,
+		Secret: func(akid string) (string, bool) {
+			return DefaultSecretAccessKey, akid == DefaultAccessKeyID
+		},
+		Ops:          map[string]fakeaws.Handler{"DescribeTasks": s.describeTasks},
+		FaultMessage: s.faultMessage,
+	})
 }
 
-// DelayNext makes the next n API calls wait d before being answered; the
-// wait ends, unanswered, when the client gives up.
+// FailNext makes the next n API calls fail with code (ClientException,
+// ServerException, AccessDeniedException, ThrottlingException…).
+func (s *Server) FailNext(n int, code string) { s.api.FailNext(fakeaws.AnyOp, n, code) }
+
+// DelayNext makes the next n API calls wait d before being answered
+// (n <= 0: none); the wait ends, unanswered, when the client gives up.
 func (s *Server) DelayNext(n int, d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.apiDelay, s.apiDelays = d, n
+	if n < 0 {
+		n = 0
+	}
+	s.api.DelayNext(fakeaws.AnyOp, n, d)
 }
 
 // APICalls counts the API requests for op (all outcomes).
-func (s *Server) APICalls(op string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.apiCalls[op]
-}
+func (s *Server) APICalls(op string) int { return s.api.Calls(op) }
 
 // URL is the API endpoint, for AWS_ENDPOINT_URL_ECS.
 func (s *Server) URL() string { return s.srv.URL }
 
-type apiError struct {
-	status        int
-	code, message string
-}
-
-func writeAPIError(w http.ResponseWriter, e apiError) {
-	body, _ := json.Marshal(map[string]string{"__type": e.code, "message": e.message})
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("X-Amzn-Errortype", e.code+":")
-	w.WriteHeader(e.status)
-	_, _ = w.Write(body)
-}
-
-func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
-	op, ok := strings.CutPrefix(r.Header.Get("X-Amz-Target"), targetPrefix)
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if err != nil || !ok || op != "DescribeTasks" {
-		writeAPIError(w, apiError{http.StatusBadRequest, "UnknownOperationException", ""})
-		return
+// faultMessage is the text ECS sends with code, for injected faults.
+func (s *Server) faultMessage(c *fakeaws.Call, code string) string {
+	if code != "AccessDeniedException" {
+		return ""
 	}
 	s.mu.Lock()
-	s.apiCalls[op]++
-	var fault string
-	if len(s.faults) > 0 {
-		fault, s.faults = s.faults[0], s.faults[1:]
-	}
-	delay := time.Duration(0)
-	if s.apiDelays > 0 {
-		delay = s.apiDelay
-		s.apiDelays--
-	}
+	_, clusterName := clusterOf(s.task)
 	s.mu.Unlock()
-
-	v := fakesigv4.Verifier{Service: "ecs", Region: DefaultRegion, Secret: func(akid string) (string, bool) {
-		return DefaultSecretAccessKey, akid == DefaultAccessKeyID
-	}}
-	if _, aerr := v.Verify(r, body); aerr != nil {
-		writeAPIError(w, apiError{aerr.Status, aerr.Code, aerr.Message})
-		return
-	}
-	if delay > 0 {
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			return
-		}
-	}
-	if fault != "" {
-		status := http.StatusBadRequest
-		if fault == "ServerException" {
-			status = http.StatusInternalServerError
-		}
-		writeAPIError(w, apiError{status, fault, "injected fault"})
-		return
-	}
-	out, aerr := s.describeTasks(body)
-	if aerr != nil {
-		writeAPIError(w, *aerr)
-		return
-	}
-	raw, _ := json.Marshal(out)
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	_, _ = w.Write(raw)
+	return fakeaws.AccessDenied(fakeaws.DefaultAccountID, "ecs:"+c.Op,
+		fmt.Sprintf("arn:aws:ecs:%s:%s:task/%s/*", DefaultRegion, fakeaws.DefaultAccountID, clusterName))
 }
 
 type taskJSON struct {
@@ -157,34 +106,41 @@ type failureJSON struct {
 	Reason string `json:"reason"`
 }
 
-func (s *Server) describeTasks(body []byte) (any, *apiError) {
+// clusterOf returns the ARN and the name of task's cluster (the metadata
+// may give either).
+func clusterOf(task Task) (arn, name string) {
+	arn = task.Cluster
+	name = arn[strings.LastIndex(arn, "/")+1:]
+	if !strings.HasPrefix(arn, "arn:") {
+		arn = fmt.Sprintf("arn:aws:ecs:%s:%s:cluster/%s", DefaultRegion, fakeaws.DefaultAccountID, name)
+	}
+	return arn, name
+}
+
+func (s *Server) describeTasks(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		Cluster *string  `json:"cluster"`
 		Tasks   []string `json:"tasks"`
 		Include []string `json:"include"`
 	}
-	if err := json.Unmarshal(body, &in); err != nil {
-		return nil, &apiError{http.StatusBadRequest, "SerializationException", err.Error()}
+	if err := c.Decode(&in); err != nil {
+		return nil, err
 	}
 	switch {
 	case len(in.Tasks) == 0:
-		return nil, &apiError{http.StatusBadRequest, "InvalidParameterException", "Tasks cannot be empty."}
+		return nil, fakeaws.Errorf(http.StatusBadRequest, "InvalidParameterException", "Tasks cannot be empty.")
 	case len(in.Tasks) > 100:
-		return nil, &apiError{http.StatusBadRequest, "InvalidParameterException", "Tasks cannot have more than 100 elements"}
+		return nil, fakeaws.Errorf(http.StatusBadRequest, "InvalidParameterException", "Tasks cannot have more than 100 elements")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	clusterARN := s.task.Cluster
-	clusterName := clusterARN[strings.LastIndex(clusterARN, "/")+1:]
-	if !strings.HasPrefix(clusterARN, "arn:") {
-		clusterARN = fmt.Sprintf("arn:aws:ecs:%s:123456789012:cluster/%s", DefaultRegion, clusterName)
-	}
+	clusterARN, clusterName := clusterOf(s.task)
 	asked := "default"
 	if in.Cluster != nil {
 		asked = *in.Cluster
 	}
 	if asked != clusterName && asked != clusterARN {
-		return nil, &apiError{http.StatusBadRequest, "ClusterNotFoundException", "Cluster not found."}
+		return nil, fakeaws.Errorf(http.StatusBadRequest, "ClusterNotFoundException", "Cluster not found.")
 	}
 	statuses := map[string]string{s.task.TaskARN: StatusRunning}
 	for arn, st := range s.statuses {
@@ -194,7 +150,7 @@ func (s *Server) describeTasks(body []byte) (any, *apiError) {
 	for _, ref := range in.Tasks {
 		arn := ref
 		if !strings.HasPrefix(ref, "arn:") { // a task id
-			arn = fmt.Sprintf("arn:aws:ecs:%s:123456789012:task/%s/%s", DefaultRegion, clusterName, ref)
+			arn = fmt.Sprintf("arn:aws:ecs:%s:%s:task/%s/%s", DefaultRegion, fakeaws.DefaultAccountID, clusterName, ref)
 		}
 		st, ok := statuses[arn]
 		if !ok || !strings.Contains(arn, ":task/"+clusterName+"/") {
@@ -205,7 +161,7 @@ func (s *Server) describeTasks(body []byte) (any, *apiError) {
 			Group: "family:" + s.task.Family}
 		if st == StatusStopped {
 			t.DesiredStatus = StatusStopped
-			t.StoppedAt = float64(time.Now().Unix())
+			t.StoppedAt = fakeaws.Epoch(time.Now())
 			t.StoppedReason = "Essential container in task exited"
 		}
 		if st != StatusStopped && st != StatusRunning {

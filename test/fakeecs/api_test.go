@@ -3,6 +3,7 @@ package fakeecs_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,8 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	"github.com/aws/aws-sdk-go-v2/service/ecs/types"
-	"github.com/aws/smithy-go"
 
+	"github.com/bastion-dev/bastion/test/fakeaws/awstest"
 	"github.com/bastion-dev/bastion/test/fakeecs"
 )
 
@@ -30,13 +31,7 @@ func client(s *fakeecs.Server, akid, secret, region string) *ecs.Client {
 	})
 }
 
-func code(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
-}
+var code = awstest.ErrorCode
 
 func TestDescribeTasks(t *testing.T) {
 	s := fakeecs.NewTest(t, fakeecs.DefaultTask())
@@ -83,14 +78,28 @@ func TestDescribeTasks(t *testing.T) {
 
 	// Faults and delays.
 	s.FailNext(1, "AccessDeniedException")
-	if _, err := c.DescribeTasks(ctx, &ecs.DescribeTasksInput{Cluster: aws.String("ops"), Tasks: []string{self}}); code(err) != "AccessDeniedException" {
+	_, err = c.DescribeTasks(ctx, &ecs.DescribeTasksInput{Cluster: aws.String("ops"), Tasks: []string{self}})
+	if code(err) != "AccessDeniedException" ||
+		!strings.Contains(err.Error(), "is not authorized to perform: ecs:DescribeTasks on resource: arn:aws:ecs:us-east-1:123456789012:task/ops/*") {
 		t.Errorf("injected fault: %v", err)
 	}
+	s.FailNext(1, "ServerException")
+	var se *types.ServerException
+	if _, err := c.DescribeTasks(ctx, &ecs.DescribeTasksInput{Cluster: aws.String("ops"), Tasks: []string{self}}); !errors.As(err, &se) {
+		t.Errorf("server exception: %v", err)
+	}
+	before := s.APICalls("DescribeTasks")
 	s.DelayNext(1, time.Minute)
 	short, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer scancel()
 	if _, err := c.DescribeTasks(short, &ecs.DescribeTasksInput{Cluster: aws.String("ops"), Tasks: []string{self}}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("delayed call: %v", err)
+	}
+	if _, err := c.DescribeTasks(ctx, &ecs.DescribeTasksInput{Cluster: aws.String("ops"), Tasks: []string{self}}); err != nil {
+		t.Errorf("the call after the delayed one: %v", err)
+	}
+	if n := s.APICalls("DescribeTasks") - before; n != 2 {
+		t.Errorf("APICalls = %d, want 2", n)
 	}
 	s.SetTaskStatus(stopped, "")
 	out, err = c.DescribeTasks(ctx, &ecs.DescribeTasksInput{Cluster: aws.String("ops"), Tasks: []string{stopped}})

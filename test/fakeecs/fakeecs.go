@@ -2,18 +2,18 @@
 // metadata endpoint v4 ($ECS_CONTAINER_METADATA_URI_V4), which only exists
 // inside ECS tasks, serving <uri> (this container) and <uri>/task with the
 // shapes Fargate returns (everything else is 404); and, on the same server,
-// the ECS API's DescribeTasks (see api.go).
+// the ECS API's DescribeTasks (see api.go; the wire is test/fakeaws's).
 package fakeecs
 
 import (
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // Container is one entry of Task.Containers (fields the product may read).
@@ -71,11 +71,8 @@ type Server struct {
 	calls  map[string]int
 
 	// The API side (api.go).
-	statuses  map[string]string // task ARN → lastStatus
-	faults    []string
-	apiDelay  time.Duration
-	apiDelays int
-	apiCalls  map[string]int
+	api      *fakeaws.Endpoint
+	statuses map[string]string // task ARN → lastStatus
 }
 
 // New starts a server for task. The container served at URI() is the first
@@ -85,7 +82,8 @@ func New(task Task) *Server {
 	if len(task.Containers) == 0 {
 		task.Containers = DefaultTask().Containers
 	}
-	s := &Server{task: task, calls: map[string]int{}, statuses: map[string]string{}, apiCalls: map[string]int{}}
+	s := &Server{task: task, calls: map[string]int{}, statuses: map[string]string{}}
+	s.api = s.newAPI()
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -149,7 +147,7 @@ func (s *Server) basePath() string {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && r.URL.Path == "/" && r.Header.Get("X-Amz-Target") != "" {
-		s.serveAPI(w, r)
+		s.api.ServeAPI(w, r)
 		return
 	}
 	base := s.basePath()
@@ -182,9 +180,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		c := s.containerDoc(task)
 		s.mu.Unlock()
-		writeJSON(w, c)
+		fakeaws.WriteJSON(w, http.StatusOK, c)
 	case "/task":
-		writeJSON(w, task)
+		fakeaws.WriteJSON(w, http.StatusOK, task)
 	default: // /stats, /task/stats are real but unused; /taskWithTags does not exist on v4 tasks
 		http.NotFound(w, r)
 	}
@@ -212,14 +210,4 @@ func (s *Server) containerDoc(task Task) Container {
 		c.DesiredStatus = "RUNNING"
 	}
 	return c
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		http.Error(w, fmt.Sprintf("marshal: %v", err), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(raw)
 }

@@ -3,8 +3,6 @@ package fakesecrets_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -14,30 +12,17 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	sm "github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
-	"github.com/aws/smithy-go"
 
+	"github.com/bastion-dev/bastion/test/fakeaws/awstest"
 	"github.com/bastion-dev/bastion/test/fakesecrets"
 )
 
 // newClient builds the real SDK client with the endpoint given only through
 // AWS_ENDPOINT_URL_SECRETS_MANAGER, as the product gets it.
 func newClient(t *testing.T, srv *fakesecrets.Server, region, akid, secret string) *sm.Client {
-	t.Helper()
-	t.Setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", srv.URL())
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("AWS_CONFIG_FILE", "/dev/null")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-	cfg, err := config.LoadDefaultConfig(context.Background(), config.WithRegion(region),
-		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(akid, secret, "")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sm.NewFromConfig(cfg)
+	return sm.NewFromConfig(awstest.Config(t, "AWS_ENDPOINT_URL_SECRETS_MANAGER", srv.URL(), region, akid, secret))
 }
 
 func defaultClient(t *testing.T, srv *fakesecrets.Server) *sm.Client {
@@ -54,51 +39,30 @@ func ctxT(t *testing.T) context.Context {
 // is "") and returns the status and the decoded body.
 func rawCall(t *testing.T, url, target, body, service, akid, secret string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url+"/", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
-	req.Header.Set("X-Amz-Target", target)
-	if akid != "" {
-		sum := sha256.Sum256([]byte(body))
-		if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: akid, SecretAccessKey: secret},
-			req, hex.EncodeToString(sum[:]), service, fakesecrets.DefaultRegion, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
-		t.Fatalf("%s: body %q: %v", target, raw, err)
-	}
-	return resp.StatusCode, out
+	r := awstest.Post(t, url, target, []byte(body), awstest.Signing{Service: service, Region: fakesecrets.DefaultRegion, AccessKeyID: akid, SecretAccessKey: secret})
+	return r.Status, r.Body
 }
 
-func apiCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
+var apiCode = awstest.ErrorCode
+
+// withSecret starts a fake holding the secret name = value and the real
+// client aimed at it.
+func withSecret(t *testing.T, opts fakesecrets.Options, name, value string) (*fakesecrets.Server, *sm.Client, fakesecrets.Secret) {
+	t.Helper()
+	srv := fakesecrets.NewTest(t, opts)
+	sec, err := srv.CreateSecret(name, value)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return ""
+	return srv, defaultClient(t, srv), sec
 }
 
 // TestVersionsAndStages: a new value becomes AWSCURRENT, the one before
 // AWSPREVIOUS, the one before that is no longer listed; DescribeSecret
 // shows the labels and GetSecretValue reads by default, id and label.
 func TestVersionsAndStages(t *testing.T) {
-	srv := fakesecrets.NewTest(t, fakesecrets.Options{})
-	c := defaultClient(t, srv)
+	srv, c, sec := withSecret(t, fakesecrets.Options{}, "bastion/keys", "v1")
 	ctx := ctxT(t)
-	sec, err := srv.CreateSecret("bastion/keys", "v1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if !strings.HasPrefix(sec.ARN, "arn:aws:secretsmanager:us-east-1:123456789012:secret:bastion/keys-") || len(sec.ARN) != len("arn:aws:secretsmanager:us-east-1:123456789012:secret:bastion/keys-")+6 {
 		t.Fatalf("ARN %q", sec.ARN)
 	}
@@ -180,13 +144,8 @@ func TestVersionsAndStages(t *testing.T) {
 func TestDescriptionIsNotAVersion(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
-	srv := fakesecrets.NewTest(t, fakesecrets.Options{Clock: clock})
-	c := defaultClient(t, srv)
+	srv, c, sec := withSecret(t, fakesecrets.Options{Clock: clock}, "k", "v")
 	ctx := ctxT(t)
-	sec, err := srv.CreateSecret("k", "v")
-	if err != nil {
-		t.Fatal(err)
-	}
 	now = now.Add(time.Hour)
 	if err := srv.SetDescription("k", "owned by the platform team"); err != nil {
 		t.Fatal(err)
@@ -202,11 +161,7 @@ func TestDescriptionIsNotAVersion(t *testing.T) {
 }
 
 func TestBinarySecret(t *testing.T) {
-	srv := fakesecrets.NewTest(t, fakesecrets.Options{})
-	c := defaultClient(t, srv)
-	if _, err := srv.CreateSecret("bin", "text"); err != nil {
-		t.Fatal(err)
-	}
+	srv, c, _ := withSecret(t, fakesecrets.Options{}, "bin", "text")
 	id, err := srv.PutSecretBinary("bin", []byte{0, 1, 2, 0xff})
 	if err != nil {
 		t.Fatal(err)
@@ -223,13 +178,8 @@ func TestBinarySecret(t *testing.T) {
 // TestErrors: the codes, statuses and typed errors the SDK sees, for real
 // failures and injected ones, and the SDK's retries of the retryable ones.
 func TestErrors(t *testing.T) {
-	srv := fakesecrets.NewTest(t, fakesecrets.Options{})
-	c := defaultClient(t, srv)
+	srv, c, sec := withSecret(t, fakesecrets.Options{}, "keys", "v")
 	ctx := ctxT(t)
-	sec, err := srv.CreateSecret("keys", "v")
-	if err != nil {
-		t.Fatal(err)
-	}
 	get := func() error {
 		_, err := c.GetSecretValue(ctx, &sm.GetSecretValueInput{SecretId: aws.String("keys")})
 		return err
@@ -288,34 +238,10 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("%d %v", status, body)
 		}
 	})
-	t.Run("hang ends with the caller's deadline", func(t *testing.T) {
-		srv.HangNext(fakesecrets.OpDescribeSecret, 1)
-		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		defer cancel()
-		_, err := c.DescribeSecret(short, &sm.DescribeSecretInput{SecretId: aws.String("keys")})
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("err = %v", err)
-		}
-		if _, err := c.DescribeSecret(ctx, &sm.DescribeSecretInput{SecretId: aws.String("keys")}); err != nil {
-			t.Fatalf("after the hang: %v", err)
-		}
-	})
-	t.Run("faults until cleared", func(t *testing.T) {
-		srv.Inject(fakesecrets.AnyOp, fakesecrets.Fault{Code: "AccessDeniedException"})
-		for range 3 {
-			if err := get(); apiCode(err) != "AccessDeniedException" {
-				t.Fatalf("err = %v", err)
-			}
-		}
-		srv.ClearFaults()
-		if err := get(); err != nil {
-			t.Fatal(err)
-		}
-	})
 }
 
-// TestSigV4: the fake refuses what AWS refuses: no signature, a wrong
-// secret key, a scope for another service or region, an unknown key id.
+// TestSigV4: the fake signs as Secrets Manager in its region (the checks
+// themselves are test/fakeaws's) and knows the configured credentials.
 func TestSigV4(t *testing.T) {
 	srv := fakesecrets.NewTest(t, fakesecrets.Options{})
 	if _, err := srv.CreateSecret("keys", "v"); err != nil {
@@ -326,8 +252,6 @@ func TestSigV4(t *testing.T) {
 		name, service, akid, secret, want string
 	}{
 		{"good", "secretsmanager", fakesecrets.DefaultAccessKeyID, fakesecrets.DefaultSecretAccessKey, ""},
-		{"unsigned", "", "", "", "MissingAuthenticationTokenException"},
-		{"wrong secret", "secretsmanager", fakesecrets.DefaultAccessKeyID, "other", "InvalidSignatureException"},
 		{"scoped to ssm", "ssm", fakesecrets.DefaultAccessKeyID, fakesecrets.DefaultSecretAccessKey, "InvalidSignatureException"},
 		{"unknown key id", "secretsmanager", "AKIDOTHER", "x", "UnrecognizedClientException"},
 	}
@@ -343,8 +267,8 @@ func TestSigV4(t *testing.T) {
 				}
 				return
 			}
-			if status != 400 || out["__type"] != tt.want {
-				t.Fatalf("%d %v, want %s", status, out, tt.want)
+			if status != 400 || out["__type"] != tt.want || out["Message"] == nil {
+				t.Fatalf("%d %v, want %s with a Message", status, out, tt.want)
 			}
 		})
 	}
@@ -364,37 +288,40 @@ func TestSigV4(t *testing.T) {
 	})
 }
 
-// TestCountersAndNextRequest: calls are counted per operation, with the
-// secret and the version read, and NextRequest fires on the next call.
-func TestCountersAndNextRequest(t *testing.T) {
-	srv := fakesecrets.NewTest(t, fakesecrets.Options{})
-	c := defaultClient(t, srv)
+// TestRequestLog: calls are counted per operation and logged with the
+// secret asked for and the version read.
+func TestRequestLog(t *testing.T) {
+	srv, c, sec := withSecret(t, fakesecrets.Options{}, "keys", "v")
 	ctx := ctxT(t)
-	sec, err := srv.CreateSecret("keys", "v")
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := srv.NextRequest()
-	select {
-	case <-next:
-		t.Fatal("fired before any request")
-	default:
-	}
 	for range 2 {
 		if _, err := c.DescribeSecret(ctx, &sm.DescribeSecretInput{SecretId: aws.String("keys")}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	<-next
 	if _, err := c.GetSecretValue(ctx, &sm.GetSecretValueInput{SecretId: aws.String("keys")}); err != nil {
 		t.Fatal(err)
 	}
-	if srv.Calls(fakesecrets.OpDescribeSecret) != 2 || srv.Calls(fakesecrets.OpGetSecretValue) != 1 {
+	srv.FailNext(fakesecrets.OpGetSecretValue, 1, "AccessDeniedException")
+	if _, err := c.GetSecretValue(ctx, &sm.GetSecretValueInput{SecretId: aws.String(sec.ARN)}); apiCode(err) != "AccessDeniedException" {
+		t.Fatal(err)
+	}
+	if srv.Calls(fakesecrets.OpDescribeSecret) != 2 || srv.Calls(fakesecrets.OpGetSecretValue) != 2 {
 		t.Fatalf("calls %v", srv.Snapshot().Calls)
 	}
-	last := srv.Requests()[2]
-	if last.Op != "GetSecretValue" || last.SecretID != "keys" || last.VersionID != sec.Current || last.AccessKeyID != fakesecrets.DefaultAccessKeyID {
-		t.Fatalf("request %+v", last)
+	reqs := srv.Requests()
+	if r := reqs[0]; r.Op != "DescribeSecret" || r.SecretID != "keys" || r.VersionID != "" {
+		t.Fatalf("describe %+v", r)
+	}
+	if r := reqs[2]; r.Op != "GetSecretValue" || r.SecretID != "keys" || r.VersionID != sec.Current || r.AccessKeyID != fakesecrets.DefaultAccessKeyID {
+		t.Fatalf("get %+v", r)
+	}
+	if r := reqs[3]; r.SecretID != sec.ARN || r.VersionID != "" || r.ErrorCode != "AccessDeniedException" {
+		t.Fatalf("refused get %+v", r)
+	}
+	// The state a test in another process reads names them the same way.
+	raw, _ := json.Marshal(srv.Snapshot().Requests[2])
+	if !strings.Contains(string(raw), `"secretId":"keys","versionId":"`+sec.Current+`"`) || strings.Contains(string(raw), "SecretString") {
+		t.Fatalf("state request %s", raw)
 	}
 }
 
@@ -427,14 +354,13 @@ func TestControlAPI(t *testing.T) {
 	if err != nil || aws.ToString(out.SecretString) != "two" || aws.ToString(out.VersionId) != put["versionId"] {
 		t.Fatalf("GetSecretValue = %+v, %v", out, err)
 	}
+	// The shared endpoints are mounted beside these (test/fakeaws tests them).
 	post("/_fake/fail", `{"op":"DescribeSecret","code":"DecryptionFailure","count":1}`)
 	if _, err := c.DescribeSecret(ctx, &sm.DescribeSecretInput{SecretId: aws.String("keys")}); apiCode(err) != "DecryptionFailure" {
 		t.Fatalf("err = %v", err)
 	}
-	post("/_fake/hang", `{"op":"DescribeSecret","count":1}`)
-	post("/_fake/clear", `{}`)
 	if _, err := c.DescribeSecret(ctx, &sm.DescribeSecretInput{SecretId: aws.String("keys")}); err != nil {
-		t.Fatalf("after clear: %v", err)
+		t.Fatalf("after the fault: %v", err)
 	}
 	resp, err := http.Get(srv.URL() + "/_fake/state")
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // Secret is what DescribeSecret shows of a secret, for assertions.
@@ -116,7 +118,7 @@ func (s *Server) put(secretID string, v *version) (string, error) {
 // putLocked labels v AWSCURRENT and moves the labels; s.mu is held.
 func (s *Server) putLocked(sec *secret, v *version) string {
 	now := s.opts.Clock()
-	v.id, v.created = newUUID(), now
+	v.id, v.created = fakeaws.NewUUID(), now
 	sec.versions[v.id] = v
 	if cur, ok := sec.stages[StageCurrent]; ok {
 		sec.stages[StagePrevious] = cur
@@ -172,38 +174,34 @@ func (s *Server) lookup(id string) *secret {
 	return nil
 }
 
-func errNotFound() *apiError {
-	return errorf(http.StatusBadRequest, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
-}
-
 // describeOutput is DescribeSecret's response. Dates are epoch seconds, as
 // the JSON 1.1 protocol writes timestamps.
 type describeOutput struct {
 	ARN                string              `json:"ARN"`
 	Name               string              `json:"Name"`
 	Description        string              `json:"Description,omitempty"`
-	CreatedDate        epoch               `json:"CreatedDate"`
-	LastChangedDate    epoch               `json:"LastChangedDate"`
-	LastAccessedDate   *epoch              `json:"LastAccessedDate,omitempty"`
+	CreatedDate        float64             `json:"CreatedDate"`
+	LastChangedDate    float64             `json:"LastChangedDate"`
+	LastAccessedDate   *float64            `json:"LastAccessedDate,omitempty"`
 	VersionIdsToStages map[string][]string `json:"VersionIdsToStages"`
 }
 
-func (s *Server) describeSecret(in *input) (any, string, *apiError) {
+func (s *Server) describeSecret(in *input) (any, *fakeaws.Error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sec := s.lookup(*in.SecretID)
 	if sec == nil {
-		return nil, "", errNotFound()
+		return nil, errNotFound()
 	}
 	snap := sec.snapshot()
 	out := describeOutput{ARN: sec.arn, Name: sec.name, Description: sec.description,
-		CreatedDate: epoch(sec.created), LastChangedDate: epoch(sec.lastChanged),
+		CreatedDate: fakeaws.Epoch(sec.created), LastChangedDate: fakeaws.Epoch(sec.lastChanged),
 		VersionIdsToStages: snap.VersionIDsToStages}
 	if !sec.lastAccessed.IsZero() {
-		d := epoch(sec.lastAccessed)
+		d := fakeaws.Epoch(sec.lastAccessed)
 		out.LastAccessedDate = &d
 	}
-	return out, "", nil
+	return out, nil
 }
 
 type getOutput struct {
@@ -213,17 +211,17 @@ type getOutput struct {
 	SecretString  *string  `json:"SecretString,omitempty"`
 	SecretBinary  []byte   `json:"SecretBinary,omitempty"` // base64, as encoding/json writes []byte
 	VersionStages []string `json:"VersionStages"`
-	CreatedDate   epoch    `json:"CreatedDate"`
+	CreatedDate   float64  `json:"CreatedDate"`
 }
 
 // getSecretValue returns the version named by VersionId and/or
 // VersionStage, AWSCURRENT when neither is given.
-func (s *Server) getSecretValue(in *input) (any, string, *apiError) {
+func (s *Server) getSecretValue(in *input) (any, *fakeaws.Error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sec := s.lookup(*in.SecretID)
 	if sec == nil {
-		return nil, "", errNotFound()
+		return nil, errNotFound()
 	}
 	id := deref(in.VersionID)
 	if stage := deref(in.VersionStage); stage != "" || id == "" {
@@ -232,33 +230,24 @@ func (s *Server) getSecretValue(in *input) (any, string, *apiError) {
 		}
 		staged, ok := sec.stages[stage]
 		if !ok {
-			return nil, "", errorf(http.StatusBadRequest, "ResourceNotFoundException",
+			return nil, fakeaws.Errorf(http.StatusBadRequest, "ResourceNotFoundException",
 				"Secrets Manager can't find the specified secret value for staging label: %s", stage)
 		}
 		if id != "" && id != staged {
-			return nil, "", errorf(http.StatusBadRequest, "InvalidRequestException",
+			return nil, fakeaws.Errorf(http.StatusBadRequest, "InvalidRequestException",
 				"The parameters VersionId and VersionStage must refer to the same version.")
 		}
 		id = staged
 	}
 	v, ok := sec.versions[id]
 	if !ok {
-		return nil, "", errorf(http.StatusBadRequest, "ResourceNotFoundException",
+		return nil, fakeaws.Errorf(http.StatusBadRequest, "ResourceNotFoundException",
 			"Secrets Manager can't find the specified secret value for VersionId: %s", id)
 	}
 	y, m, d := s.opts.Clock().UTC().Date()
 	sec.lastAccessed = time.Date(y, m, d, 0, 0, 0, 0, time.UTC) // AWS keeps the day only
 	return getOutput{ARN: sec.arn, Name: sec.name, VersionID: v.id, SecretString: v.str,
-		SecretBinary: v.bin, VersionStages: sec.stagesOf(v.id), CreatedDate: epoch(v.created)}, v.id, nil
-}
-
-// epoch marshals as seconds since 1970 with milliseconds, as AWS JSON
-// protocols write timestamps.
-type epoch time.Time
-
-func (e epoch) MarshalJSON() ([]byte, error) {
-	ms := time.Time(e).UnixMilli()
-	return []byte(fmt.Sprintf("%d.%03d", ms/1000, ms%1000)), nil
+		SecretBinary: v.bin, VersionStages: sec.stagesOf(v.id), CreatedDate: fakeaws.Epoch(v.created)}, nil
 }
 
 const suffixChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"

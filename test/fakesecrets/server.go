@@ -4,39 +4,35 @@
 // It speaks the wire protocol of the real service (AWS JSON 1.1 over
 // `POST /` with `X-Amz-Target: secretsmanager.<Op>`, SigV4-signed requests
 // with the service name "secretsmanager", `{"__type": …, "Message": …}`
-// error bodies) for the two operations a reader needs, DescribeSecret and
-// GetSecretValue, so the real aws-sdk-go-v2 client reached through
-// AWS_ENDPOINT_URL_SECRETS_MANAGER cannot tell it from the real thing.
-// Secrets have versions and staging labels: a new value becomes AWSCURRENT
-// and the version it replaces AWSPREVIOUS, as PutSecretValue does.
+// error bodies; all of it test/fakeaws) for the two operations a reader
+// needs, DescribeSecret and GetSecretValue, so the real aws-sdk-go-v2
+// client reached through AWS_ENDPOINT_URL_SECRETS_MANAGER cannot tell it
+// from the real thing. Secrets have versions and staging labels: a new value
+// becomes AWSCURRENT and the version it replaces AWSPREVIOUS, as
+// PutSecretValue does.
 //
 // Tests create secrets, add versions, inject faults and read call counters
-// through Go methods, or over HTTP under /_fake/ when it runs as a separate
-// process (test/fakesecrets/cmd/fakesecrets).
+// through Go methods (faults, delays and the request log are those of the
+// embedded fakeaws.Endpoint), or over HTTP under /_fake/ when it runs as a
+// separate process (test/fakesecrets/cmd/fakesecrets).
 package fakesecrets
 
 import (
-	"context"
-	"crypto/rand"
 	"encoding/json"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/bastion-dev/bastion/test/fakesigv4"
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // Default values used when Options leaves a field empty.
 const (
-	DefaultRegion          = "us-east-1"
-	DefaultAccessKeyID     = "AKIDFAKE"
-	DefaultSecretAccessKey = "fakesecret"
-	DefaultAccountID       = "123456789012"
+	DefaultRegion          = fakeaws.DefaultRegion
+	DefaultAccessKeyID     = fakeaws.DefaultAccessKeyID
+	DefaultSecretAccessKey = fakeaws.DefaultSecretAccessKey
+	DefaultAccountID       = fakeaws.DefaultAccountID
 )
 
 // Operations the fake serves, as named in X-Amz-Target after "secretsmanager.".
@@ -49,6 +45,19 @@ const (
 const (
 	StageCurrent  = "AWSCURRENT"
 	StagePrevious = "AWSPREVIOUS"
+)
+
+// AnyOp makes a fault or delay apply to every operation.
+const AnyOp = fakeaws.AnyOp
+
+// The shared machinery's types, under the names tests have always used.
+type (
+	// Fault is an injected error response (see fakeaws.Fault).
+	Fault = fakeaws.Fault
+	// FailRequest and DelayRequest are the bodies of POST /_fake/fail and
+	// /_fake/delay (/_fake/hang).
+	FailRequest  = fakeaws.FailRequest
+	DelayRequest = fakeaws.DelayRequest
 )
 
 // Options configures a Server. The zero value is usable.
@@ -69,30 +78,20 @@ type Options struct {
 // Server is a fake Secrets Manager endpoint. Create it with New, then Start
 // it (or mount Handler yourself). All methods are safe for concurrent use.
 type Server struct {
+	*fakeaws.Endpoint
 	opts Options
 
-	mu       sync.Mutex
-	secrets  []*secret // in creation order
-	calls    map[string]int
-	requests []Request
-	faults   map[string][]*fault
-	delays   map[string]*delay
-	watchers []chan struct{} // closed at the next request, see NextRequest
-
-	httpSrv  *http.Server
-	url      string
-	serveErr chan error
+	mu      sync.Mutex
+	secrets []*secret // in creation order
 }
 
-// Request records one API call for assertions.
+// Request records one API call for assertions: the shared record with the
+// secret asked for and the version returned.
 type Request struct {
-	Time        time.Time `json:"time"`
-	Op          string    `json:"op"`
-	AccessKeyID string    `json:"accessKeyId"`
-	SecretID    string    `json:"secretId,omitempty"`
+	fakeaws.Request
+	SecretID string `json:"secretId,omitempty"`
 	// VersionID is the version GetSecretValue returned.
 	VersionID string `json:"versionId,omitempty"`
-	ErrorCode string `json:"errorCode,omitempty"`
 }
 
 // New returns a server that is not listening yet.
@@ -109,93 +108,34 @@ func New(opts Options) *Server {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Server{
-		opts:   opts,
-		calls:  map[string]int{},
-		faults: map[string][]*fault{},
-		delays: map[string]*delay{},
-	}
+	s := &Server{opts: opts}
+	s.Endpoint = fakeaws.New(fakeaws.Service{
+		Name:         "fakesecrets",
+		TargetPrefix: "secretsmanager.",
+		SigningName:  "secretsmanager",
+		Region:       opts.Region,
+		Secret: func(akid string) (string, bool) {
+			secret, ok := s.opts.Credentials[akid]
+			return secret, ok
+		},
+		Ops: map[string]fakeaws.Handler{
+			OpDescribeSecret: s.withInput(s.describeSecret),
+			OpGetSecretValue: s.withInput(s.getSecretValue),
+		},
+		Modeled:      func(string) bool { return true }, // every error body says "Message"
+		FaultMessage: s.faultMessage,
+		Control:      s.control,
+		Clock:        opts.Clock,
+	})
+	return s
 }
 
 // NewTest starts a server for a test and closes it when the test ends.
 func NewTest(t testing.TB, opts Options) *Server {
 	t.Helper()
 	s := New(opts)
-	if err := s.Start(); err != nil {
-		t.Fatalf("fakesecrets: %v", err)
-	}
-	t.Cleanup(s.Close)
+	s.StartTest(t)
 	return s
-}
-
-// Start listens on a random loopback port.
-func (s *Server) Start() error { return s.StartAddr("127.0.0.1:0") }
-
-// StartAddr listens on addr (host:port).
-func (s *Server) StartAddr(addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("fakesecrets: listen %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	s.mu.Lock()
-	s.httpSrv, s.url, s.serveErr = srv, "http://"+ln.Addr().String(), make(chan error, 1)
-	serveErr := s.serveErr
-	s.mu.Unlock()
-	go func() { serveErr <- srv.Serve(ln) }()
-	return nil
-}
-
-// URL is the endpoint to give clients, e.g. via
-// AWS_ENDPOINT_URL_SECRETS_MANAGER.
-func (s *Server) URL() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.url
-}
-
-// Region is the region the server accepts in SigV4 scopes.
-func (s *Server) Region() string { return s.opts.Region }
-
-// Close stops the listener and aborts in-flight requests (their contexts
-// end, which also ends injected hangs).
-func (s *Server) Close() {
-	s.mu.Lock()
-	srv, serveErr := s.httpSrv, s.serveErr
-	s.httpSrv = nil
-	s.mu.Unlock()
-	if srv == nil {
-		return
-	}
-	_ = srv.Close()
-	<-serveErr // http.ErrServerClosed: the listener is gone either way
-}
-
-// Handler serves the API on "/" and the control API on "/_fake/".
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/_fake/", s.controlHandler())
-	mux.HandleFunc("/", s.serveAPI)
-	return mux
-}
-
-// apiError is an AWS JSON 1.1 error response.
-type apiError struct {
-	Status int
-	Code   string
-	Msg    string
-}
-
-func (e *apiError) Error() string { return e.Code + ": " + e.Msg }
-
-func errorf(status int, code, format string, args ...any) *apiError {
-	return &apiError{Status: status, Code: code, Msg: fmt.Sprintf(format, args...)}
-}
-
-// handlers are the operations served, by name.
-var handlers = map[string]func(s *Server, in *input) (any, string, *apiError){
-	OpDescribeSecret: (*Server).describeSecret,
-	OpGetSecretValue: (*Server).getSecretValue,
 }
 
 // input is the union of the request members the served operations read.
@@ -205,144 +145,59 @@ type input struct {
 	VersionStage *string `json:"VersionStage"`
 }
 
-func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("X-Amzn-Requestid", newUUID())
-	op, ok := strings.CutPrefix(r.Header.Get("X-Amz-Target"), "secretsmanager.")
-	if r.Method != http.MethodPost || r.URL.Path != "/" || !ok || handlers[op] == nil {
-		writeError(w, errorf(http.StatusBadRequest, "UnknownOperationException", ""))
-		return
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if err != nil {
-		writeError(w, errorf(http.StatusBadRequest, "SerializationException", "could not read body: %v", err))
-		return
-	}
-	v := fakesigv4.Verifier{Service: "secretsmanager", Region: s.opts.Region, Secret: func(akid string) (string, bool) {
-		secret, ok := s.opts.Credentials[akid]
-		return secret, ok
-	}}
-	akid, authErr := v.Verify(r, body)
-	in, parseErr := parseInput(body)
-
-	s.mu.Lock()
-	s.calls[op]++
-	idx := len(s.requests)
-	s.requests = append(s.requests, Request{Time: s.opts.Clock(), Op: op, AccessKeyID: akid, SecretID: deref(in.SecretID)})
-	for _, c := range s.watchers {
-		close(c)
-	}
-	s.watchers = nil
-	s.mu.Unlock()
-
-	resp, version, aerr := s.process(r.Context(), op, &in, authErr, parseErr)
-	s.mu.Lock()
-	s.requests[idx].VersionID = version
-	if aerr != nil {
-		s.requests[idx].ErrorCode = aerr.Code
-	}
-	s.mu.Unlock()
-	if aerr != nil {
-		if aerr.Code == "" { // the client gave up during a hang: nothing to answer
-			return
+// withInput parses the members both operations read and checks the one
+// both require.
+func (s *Server) withInput(op func(in *input) (any, *fakeaws.Error)) fakeaws.Handler {
+	return func(c *fakeaws.Call) (any, *fakeaws.Error) {
+		var in input
+		if err := json.Unmarshal(c.Body, &in); err != nil {
+			return nil, fakeaws.Errorf(http.StatusBadRequest, "SerializationException", "STRING_VALUE can not be converted to a String")
 		}
-		writeError(w, aerr)
-		return
+		if deref(in.SecretID) == "" {
+			return nil, fakeaws.ValidationError(nil, "secretId", "Member must not be null")
+		}
+		return op(&in)
 	}
-	out, err := json.Marshal(resp)
-	if err != nil {
-		writeError(w, errorf(http.StatusInternalServerError, "InternalServiceError", "marshal: %v", err))
-		return
-	}
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("Content-Length", fmt.Sprint(len(out)))
-	_, _ = w.Write(out)
 }
 
-// process meets a request with what a real one meets, in order:
-// authentication, latency, injected faults, then the operation.
-func (s *Server) process(ctx context.Context, op string, in *input, authErr *fakesigv4.Error, parseErr *apiError) (any, string, *apiError) {
-	if authErr != nil {
-		return nil, "", errorf(authErr.Status, authErr.Code, "%s", authErr.Message)
-	}
-	if d := s.nextDelay(op); d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return nil, "", &apiError{}
-		}
-	}
-	if f := s.nextFault(op, deref(in.SecretID)); f != nil {
-		return nil, "", f
-	}
-	if parseErr != nil {
-		return nil, "", parseErr
-	}
-	if deref(in.SecretID) == "" {
-		return nil, "", errorf(http.StatusBadRequest, "ValidationException",
-			"1 validation error detected: Value null at 'secretId' failed to satisfy constraint: Member must not be null")
-	}
-	return handlers[op](s, in)
-}
-
-// parseInput reads the request members; an empty body is an empty input.
-func parseInput(body []byte) (input, *apiError) {
+// secretID is the SecretId a request body names, "" if none.
+func secretID(body []byte) string {
 	var in input
-	if len(strings.TrimSpace(string(body))) == 0 {
-		return in, nil
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
-		return input{}, errorf(http.StatusBadRequest, "SerializationException", "Start of structure or map found where not expected.")
-	}
-	if err := json.Unmarshal(body, &in); err != nil {
-		return input{}, errorf(http.StatusBadRequest, "SerializationException", "STRING_VALUE can not be converted to a String")
-	}
-	return in, nil
-}
-
-func writeError(w http.ResponseWriter, e *apiError) {
-	body := map[string]string{"__type": e.Code}
-	if e.Msg != "" {
-		body["Message"] = e.Msg
-	}
-	out, _ := json.Marshal(body)
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("X-Amzn-Errortype", e.Code+":")
-	w.Header().Set("Content-Length", fmt.Sprint(len(out)))
-	status := e.Status
-	if status == 0 {
-		status = http.StatusBadRequest
-	}
-	w.WriteHeader(status)
-	_, _ = w.Write(out)
-}
-
-// Calls returns how many requests named op (authenticated or not, failed or
-// not) have arrived.
-func (s *Server) Calls(op string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls[op]
+	_ = json.Unmarshal(body, &in)
+	return deref(in.SecretID)
 }
 
 // Requests returns a copy of every request recorded so far.
 func (s *Server) Requests() []Request {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Request(nil), s.requests...)
+	var out []Request
+	for _, r := range s.Endpoint.Requests() {
+		var resp struct{ VersionId string }
+		if r.Response != "" {
+			_ = json.Unmarshal([]byte(r.Response), &resp)
+		}
+		out = append(out, Request{Request: r, SecretID: secretID([]byte(r.Body)), VersionID: resp.VersionId})
+	}
+	return out
 }
 
-// NextRequest returns a channel closed when the next API request arrives
-// (before it is answered), so a test can wait for a poller's next call
-// instead of sleeping.
-func (s *Server) NextRequest() <-chan struct{} {
-	c := make(chan struct{})
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.watchers = append(s.watchers, c)
-	return c
+// faultMessage is the text Secrets Manager sends with code, for injected
+// faults; "" leaves AWS's common messages to fakeaws.
+func (s *Server) faultMessage(c *fakeaws.Call, code string) string {
+	switch code {
+	case "AccessDeniedException":
+		resource := secretID(c.Body)
+		if sec, ok := s.Secret(resource); ok {
+			resource = sec.ARN
+		}
+		return fakeaws.AccessDenied(s.opts.AccountID, "secretsmanager:"+c.Op, resource)
+	case "ResourceNotFoundException":
+		return "Secrets Manager can't find the specified secret."
+	case "DecryptionFailure":
+		return "Secrets Manager can't decrypt the protected secret text using the provided KMS key."
+	case "InternalServiceError":
+		return "An error occurred on the server side."
+	}
+	return ""
 }
 
 func deref(p *string) string {
@@ -352,10 +207,7 @@ func deref(p *string) string {
 	return *p
 }
 
-func newUUID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+// errNotFound is the answer for a secret that does not exist.
+func errNotFound() *fakeaws.Error {
+	return fakeaws.Errorf(http.StatusBadRequest, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
 }

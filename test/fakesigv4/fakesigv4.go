@@ -1,7 +1,8 @@
 // Package fakesigv4 checks AWS Signature Version 4 the way AWS's JSON
-// front ends do, for the in-repo fakes of AWS services (test/fakessm,
-// test/fakeecs): the real SDK signs its requests and the fakes refuse what
-// AWS would refuse, with the same error codes and messages.
+// front ends do, for the in-repo fakes of AWS services (through
+// test/fakeaws, which test/fakessm, test/fakesecrets and test/fakeecs
+// share): the real SDK signs its requests and the fakes refuse what AWS
+// would refuse, with the same error codes and messages.
 package fakesigv4
 
 import (

@@ -2,7 +2,10 @@ package fakessm
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // activationFilterKeys are the keys DescribeActivations accepts
@@ -16,7 +19,7 @@ const defaultActivationPage = 10
 // describeActivations lists the activations that are not deleted (expired
 // ones included, with Expired true), oldest first. Filters are ANDed, the
 // values of one filter ORed; values match exactly.
-func (s *Server) describeActivations(c *call) (any, *apiError) {
+func (s *Server) describeActivations(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		Filters []struct {
 			FilterKey    *string
@@ -25,20 +28,20 @@ func (s *Server) describeActivations(c *call) (any, *apiError) {
 		MaxResults *int
 		NextToken  *string
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	var filters []filter
 	for _, f := range in.Filters {
 		switch {
-		case f.FilterKey == nil || !contains(activationFilterKeys, *f.FilterKey):
+		case f.FilterKey == nil || !slices.Contains(activationFilterKeys, *f.FilterKey):
 			key := "null"
 			if f.FilterKey != nil {
 				key = *f.FilterKey
 			}
-			return nil, errModeled("InvalidFilter", "The filter key %s is not valid. Valid filter keys include: [ActivationIds, DefaultInstanceName, IamRole].", key)
+			return nil, badRequest("InvalidFilter", "The filter key %s is not valid. Valid filter keys include: [ActivationIds, DefaultInstanceName, IamRole].", key)
 		case len(f.FilterValues) == 0:
-			return nil, errModeled("InvalidFilter", "The filter %s has no values.", *f.FilterKey)
+			return nil, badRequest("InvalidFilter", "The filter %s has no values.", *f.FilterKey)
 		}
 		filters = append(filters, filter{*f.FilterKey, f.FilterValues})
 	}
@@ -46,7 +49,7 @@ func (s *Server) describeActivations(c *call) (any, *apiError) {
 	if in.MaxResults != nil {
 		limit = *in.MaxResults
 		if limit < 1 || limit > 50 {
-			return nil, validationErr(limit, "maxResults", "Member must have value between 1 and 50")
+			return nil, fakeaws.ValidationError(limit, "maxResults", "Member must have value between 1 and 50")
 		}
 	}
 
@@ -64,11 +67,11 @@ func (s *Server) describeActivations(c *call) (any, *apiError) {
 	if in.NextToken != nil {
 		after, err := decodeToken(*in.NextToken)
 		if err != nil {
-			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
 		}
 		last, ok := s.activations[after]
 		if !ok {
-			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
 		}
 		start = len(matched)
 		for i, a := range matched {
@@ -87,9 +90,9 @@ func (s *Server) describeActivations(c *call) (any, *apiError) {
 			"IamRole":            a.IamRole,
 			"RegistrationLimit":  a.RegistrationLimit,
 			"RegistrationsCount": a.RegistrationsCount,
-			"ExpirationDate":     epoch(a.ExpirationDate),
+			"ExpirationDate":     fakeaws.Epoch(a.ExpirationDate),
 			"Expired":            !now.Before(a.ExpirationDate),
-			"CreatedDate":        epoch(a.CreatedDate),
+			"CreatedDate":        fakeaws.Epoch(a.CreatedDate),
 			"Tags":               append([]Tag{}, a.Tags...),
 		}
 		if a.Description != "" {
@@ -127,7 +130,7 @@ func activationMatches(a *Activation, filters []filter) bool {
 		default:
 			panic(fmt.Sprintf("fakessm: unchecked activation filter key %q", f.key))
 		}
-		if !contains(f.values, field) {
+		if !slices.Contains(f.values, field) {
 			return false
 		}
 	}

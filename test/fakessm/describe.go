@@ -4,8 +4,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // filterKeys are the keys DescribeInstanceInformation accepts in Filters
@@ -18,7 +21,7 @@ type filter struct {
 	values []string
 }
 
-func (s *Server) describeInstanceInformation(c *call) (any, *apiError) {
+func (s *Server) describeInstanceInformation(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		Filters []struct {
 			Key    *string
@@ -31,36 +34,36 @@ func (s *Server) describeInstanceInformation(c *call) (any, *apiError) {
 		MaxResults *int
 		NextToken  *string
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	if in.Filters != nil && in.InstanceInformationFilterList != nil {
-		return nil, errModeled("InvalidInstanceInformationFilterValue",
+		return nil, badRequest("InvalidInstanceInformationFilterValue",
 			"InstanceInformationFilterList and Filters can't be used in the same request.")
 	}
 	var filters []filter
 	for i, f := range in.Filters {
 		if f.Key == nil {
-			return nil, validationErr("null", fmt.Sprintf("filters.%d.member.key", i+1), "Member must not be null")
+			return nil, fakeaws.ValidationError(nil, fmt.Sprintf("filters.%d.member.key", i+1), "Member must not be null")
 		}
 		if len(f.Values) < 1 || len(f.Values) > 100 {
-			return nil, validationErr(f.Values, fmt.Sprintf("filters.%d.member.values", i+1), "Member must have length between 1 and 100")
+			return nil, fakeaws.ValidationError(f.Values, fmt.Sprintf("filters.%d.member.values", i+1), "Member must have length between 1 and 100")
 		}
-		if !strings.HasPrefix(*f.Key, "tag:") && !contains(filterKeys, *f.Key) {
-			return nil, errModeled("InvalidFilterKey", "The filter key %s is not valid.", *f.Key)
+		if !strings.HasPrefix(*f.Key, "tag:") && !slices.Contains(filterKeys, *f.Key) {
+			return nil, badRequest("InvalidFilterKey", "The filter key %s is not valid.", *f.Key)
 		}
 		filters = append(filters, filter{*f.Key, f.Values})
 	}
 	for i, f := range in.InstanceInformationFilterList {
 		if f.Key == nil {
-			return nil, validationErr("null", fmt.Sprintf("instanceInformationFilterList.%d.member.key", i+1), "Member must not be null")
+			return nil, fakeaws.ValidationError(nil, fmt.Sprintf("instanceInformationFilterList.%d.member.key", i+1), "Member must not be null")
 		}
-		if !contains(filterKeys[:8], *f.Key) {
-			return nil, validationErr(*f.Key, fmt.Sprintf("instanceInformationFilterList.%d.member.key", i+1),
+		if !slices.Contains(filterKeys[:8], *f.Key) {
+			return nil, fakeaws.ValidationError(*f.Key, fmt.Sprintf("instanceInformationFilterList.%d.member.key", i+1),
 				"Member must satisfy enum value set: [InstanceIds, AgentVersion, PingStatus, PlatformTypes, ActivationIds, IamRole, ResourceType, AssociationStatus]")
 		}
 		if len(f.ValueSet) < 1 || len(f.ValueSet) > 100 {
-			return nil, errModeled("InvalidInstanceInformationFilterValue", "The filter value set is empty or too large.")
+			return nil, badRequest("InvalidInstanceInformationFilterValue", "The filter value set is empty or too large.")
 		}
 		filters = append(filters, filter{*f.Key, f.ValueSet})
 	}
@@ -74,26 +77,26 @@ func (s *Server) describeInstanceInformation(c *call) (any, *apiError) {
 		if f.key == "PingStatus" {
 			for _, v := range f.values {
 				if v != PingOnline && v != PingConnectionLost && v != PingInactive {
-					return nil, errModeled("InvalidInstanceInformationFilterValue", "The filter value %s is not valid for key PingStatus.", v)
+					return nil, badRequest("InvalidInstanceInformationFilterValue", "The filter value %s is not valid for key PingStatus.", v)
 				}
 			}
 		}
 		if f.key == "ResourceType" {
 			for _, v := range f.values {
 				if v != "ManagedInstance" && v != "EC2Instance" {
-					return nil, errModeled("InvalidInstanceInformationFilterValue", "The filter value %s is not valid for key ResourceType.", v)
+					return nil, badRequest("InvalidInstanceInformationFilterValue", "The filter value %s is not valid for key ResourceType.", v)
 				}
 			}
 		}
 	}
 	if tagFilters > 0 && otherFilters > 0 {
-		return nil, errModeled("InvalidInstanceInformationFilterValue", "Tag filters can't be combined with other filter keys.")
+		return nil, badRequest("InvalidInstanceInformationFilterValue", "Tag filters can't be combined with other filter keys.")
 	}
 	limit := 10
 	if in.MaxResults != nil {
 		limit = *in.MaxResults
 		if limit < 5 || limit > 50 {
-			return nil, validationErr(limit, "maxResults", "Member must have value between 5 and 50")
+			return nil, fakeaws.ValidationError(limit, "maxResults", "Member must have value between 5 and 50")
 		}
 	}
 
@@ -111,7 +114,7 @@ func (s *Server) describeInstanceInformation(c *call) (any, *apiError) {
 	if in.NextToken != nil {
 		after, err := decodeToken(*in.NextToken)
 		if err != nil {
-			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
 		}
 		start = len(matched)
 		for i, inst := range matched {
@@ -169,7 +172,7 @@ func (s *Server) matches(inst *Instance, filters []filter) bool {
 		}
 		hit := false
 		for _, v := range f.values {
-			if contains(field, v) {
+			if slices.Contains(field, v) {
 				hit = true
 				break
 			}
@@ -187,13 +190,13 @@ func (s *Server) infoJSON(inst *Instance) map[string]any {
 		"InstanceId":       inst.InstanceID,
 		"PingStatus":       s.pingStatus(inst),
 		"ResourceType":     inst.ResourceType,
-		"RegistrationDate": epoch(inst.RegistrationDate),
+		"RegistrationDate": fakeaws.Epoch(inst.RegistrationDate),
 		"IsLatestVersion":  false,
 		"SourceId":         inst.InstanceID,
 		"SourceType":       "AWS::SSM::ManagedInstance",
 	}
 	if !inst.LastPing.IsZero() {
-		m["LastPingDateTime"] = epoch(inst.LastPing)
+		m["LastPingDateTime"] = fakeaws.Epoch(inst.LastPing)
 	}
 	for k, v := range map[string]string{
 		"ActivationId": inst.ActivationID, "IamRole": inst.IamRole, "Name": inst.Name,

@@ -1,65 +1,49 @@
 package fakessm
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
-type call struct {
-	akid string
-	body []byte
-}
-
-// decode reads the JSON body strictly enough that a type mismatch is a
-// SerializationException, as on AWS.
-func (c *call) decode(v any) *apiError {
-	d := json.NewDecoder(bytes.NewReader(c.body))
-	d.UseNumber()
-	if err := d.Decode(v); err != nil {
-		return errCommon(http.StatusBadRequest, "SerializationException", "%v", err)
-	}
-	return nil
-}
-
-type handler func(s *Server, c *call) (any, *apiError)
-
-var handlers map[string]handler
-
-func init() {
-	handlers = map[string]handler{
-		"GetServiceSetting":           (*Server).getServiceSetting,
-		"CreateActivation":            (*Server).createActivation,
-		"DeleteActivation":            (*Server).deleteActivation,
-		"DescribeActivations":         (*Server).describeActivations,
-		"DescribeInstanceInformation": (*Server).describeInstanceInformation,
-		"DeregisterManagedInstance":   (*Server).deregisterManagedInstance,
-		"AddTagsToResource":           (*Server).addTagsToResource,
-		"ListTagsForResource":         (*Server).listTagsForResource,
-		"RegisterManagedInstance":     (*Server).registerManagedInstance,
-		"UpdateInstanceInformation":   (*Server).updateInstanceInformation,
-		"DescribeSessions":            (*Server).describeSessions,
+// ops are the operations served, by name.
+func (s *Server) ops() map[string]fakeaws.Handler {
+	return map[string]fakeaws.Handler{
+		"GetServiceSetting":           s.getServiceSetting,
+		"CreateActivation":            s.createActivation,
+		"DeleteActivation":            s.deleteActivation,
+		"DescribeActivations":         s.describeActivations,
+		"DescribeInstanceInformation": s.describeInstanceInformation,
+		"DeregisterManagedInstance":   s.deregisterManagedInstance,
+		"AddTagsToResource":           s.addTagsToResource,
+		"ListTagsForResource":         s.listTagsForResource,
+		"RegisterManagedInstance":     s.registerManagedInstance,
+		"UpdateInstanceInformation":   s.updateInstanceInformation,
+		"DescribeSessions":            s.describeSessions,
 	}
 }
 
 // Ops lists the operations the fake implements.
 func Ops() []string {
-	out := make([]string, 0, len(handlers))
-	for op := range handlers {
-		out = append(out, op)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys((&Server{}).ops()))
+}
+
+// badRequest is an error of SSM's own (a 400 whose body says "Message").
+func badRequest(code, format string, args ...any) *fakeaws.Error {
+	return fakeaws.Errorf(http.StatusBadRequest, code, format, args...)
 }
 
 var (
@@ -69,8 +53,6 @@ var (
 )
 
 const namePatternText = `Member must satisfy regular expression pattern: ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$`
-
-func epoch(t time.Time) float64 { return math.Round(float64(t.UnixMilli())) / 1000 }
 
 func parseEpoch(n json.Number) (time.Time, error) {
 	f, err := strconv.ParseFloat(string(n), 64)
@@ -85,13 +67,13 @@ func strLen(v string) int { return utf8.RuneCountInString(v) }
 
 // --- GetServiceSetting ---
 
-func (s *Server) getServiceSetting(c *call) (any, *apiError) {
+func (s *Server) getServiceSetting(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct{ SettingId *string }
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	if in.SettingId == nil {
-		return nil, validationErr("null", "settingId", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "settingId", "Member must not be null")
 	}
 	id := *in.SettingId
 	if m := settingARNExp.FindStringSubmatch(id); m != nil {
@@ -101,12 +83,12 @@ func (s *Server) getServiceSetting(c *call) (any, *apiError) {
 	defer s.mu.Unlock()
 	st, ok := s.settings[id]
 	if !ok || !strings.HasPrefix(id, "/ssm/") {
-		return nil, errModeled("ServiceSettingNotFound", "The service setting %s was not found.", *in.SettingId)
+		return nil, badRequest("ServiceSettingNotFound", "The service setting %s was not found.", *in.SettingId)
 	}
 	return map[string]any{"ServiceSetting": map[string]any{
 		"SettingId":        id,
 		"SettingValue":     st.value,
-		"LastModifiedDate": epoch(st.lastModified),
+		"LastModifiedDate": fakeaws.Epoch(st.lastModified),
 		"LastModifiedUser": st.lastUser,
 		"ARN":              fmt.Sprintf("arn:aws:ssm:%s:%s:servicesetting%s", s.opts.Region, s.opts.AccountID, id),
 		"Status":           st.status,
@@ -120,33 +102,33 @@ type tagIn struct {
 	Value *string
 }
 
-func validateTags(tags []tagIn, member string, max int) ([]Tag, *apiError) {
+func validateTags(tags []tagIn, member string, max int) ([]Tag, *fakeaws.Error) {
 	if len(tags) > max {
-		return nil, validationErr(len(tags), member, fmt.Sprintf("Member must have length less than or equal to %d", max))
+		return nil, fakeaws.ValidationError(len(tags), member, fmt.Sprintf("Member must have length less than or equal to %d", max))
 	}
 	out := make([]Tag, 0, len(tags))
 	for i, t := range tags {
 		at := fmt.Sprintf("%s.%d.member", member, i+1)
 		switch {
 		case t.Key == nil:
-			return nil, validationErr("null", at+".key", "Member must not be null")
+			return nil, fakeaws.ValidationError(nil, at+".key", "Member must not be null")
 		case t.Value == nil:
-			return nil, validationErr("null", at+".value", "Member must not be null")
+			return nil, fakeaws.ValidationError(nil, at+".value", "Member must not be null")
 		case strLen(*t.Key) < 1 || strLen(*t.Key) > 128:
-			return nil, validationErr(*t.Key, at+".key", "Member must have length between 1 and 128")
+			return nil, fakeaws.ValidationError(*t.Key, at+".key", "Member must have length between 1 and 128")
 		case strLen(*t.Value) > 256:
-			return nil, validationErr(*t.Value, at+".value", "Member must have length less than or equal to 256")
+			return nil, fakeaws.ValidationError(*t.Value, at+".value", "Member must have length less than or equal to 256")
 		case !namePattern.MatchString(*t.Key):
-			return nil, validationErr(*t.Key, at+".key", namePatternText)
+			return nil, fakeaws.ValidationError(*t.Key, at+".key", namePatternText)
 		case !namePattern.MatchString(*t.Value):
-			return nil, validationErr(*t.Value, at+".value", namePatternText)
+			return nil, fakeaws.ValidationError(*t.Value, at+".value", namePatternText)
 		}
 		out = append(out, Tag{Key: *t.Key, Value: *t.Value})
 	}
 	return out, nil
 }
 
-func (s *Server) createActivation(c *call) (any, *apiError) {
+func (s *Server) createActivation(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		IamRole             *string
 		DefaultInstanceName *string
@@ -155,22 +137,22 @@ func (s *Server) createActivation(c *call) (any, *apiError) {
 		ExpirationDate      *json.Number
 		Tags                []tagIn
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	switch {
 	case in.IamRole == nil:
-		return nil, validationErr("null", "iamRole", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "iamRole", "Member must not be null")
 	case strLen(*in.IamRole) > 64:
-		return nil, validationErr(*in.IamRole, "iamRole", "Member must have length less than or equal to 64")
+		return nil, fakeaws.ValidationError(*in.IamRole, "iamRole", "Member must have length less than or equal to 64")
 	case in.DefaultInstanceName != nil && strLen(*in.DefaultInstanceName) > 256:
-		return nil, validationErr(*in.DefaultInstanceName, "defaultInstanceName", "Member must have length less than or equal to 256")
+		return nil, fakeaws.ValidationError(*in.DefaultInstanceName, "defaultInstanceName", "Member must have length less than or equal to 256")
 	case in.DefaultInstanceName != nil && !namePattern.MatchString(*in.DefaultInstanceName):
-		return nil, validationErr(*in.DefaultInstanceName, "defaultInstanceName", namePatternText)
+		return nil, fakeaws.ValidationError(*in.DefaultInstanceName, "defaultInstanceName", namePatternText)
 	case in.Description != nil && strLen(*in.Description) > 256:
-		return nil, validationErr(*in.Description, "description", "Member must have length less than or equal to 256")
+		return nil, fakeaws.ValidationError(*in.Description, "description", "Member must have length less than or equal to 256")
 	case in.RegistrationLimit != nil && (*in.RegistrationLimit < 1 || *in.RegistrationLimit > 1000):
-		return nil, validationErr(*in.RegistrationLimit, "registrationLimit", "Member must have value between 1 and 1000")
+		return nil, fakeaws.ValidationError(*in.RegistrationLimit, "registrationLimit", "Member must have value between 1 and 1000")
 	}
 	tags, e := validateTags(in.Tags, "tags", 1000)
 	if e != nil {
@@ -181,10 +163,10 @@ func (s *Server) createActivation(c *call) (any, *apiError) {
 	if in.ExpirationDate != nil {
 		t, err := parseEpoch(*in.ExpirationDate)
 		if err != nil {
-			return nil, errCommon(http.StatusBadRequest, "SerializationException", "%v", err)
+			return nil, fakeaws.Errorf(http.StatusBadRequest, "SerializationException", "%v", err)
 		}
 		if !t.After(now) || t.After(now.Add(30*24*time.Hour)) {
-			return nil, errModeled("InvalidParameters", "Expiration date must be in the future and at most 30 days from now.")
+			return nil, badRequest("InvalidParameters", "Expiration date must be in the future and at most 30 days from now.")
 		}
 		exp = t
 	}
@@ -193,7 +175,7 @@ func (s *Server) createActivation(c *call) (any, *apiError) {
 		limit = *in.RegistrationLimit
 	}
 	a := &Activation{
-		ActivationID:      newUUID(),
+		ActivationID:      fakeaws.NewUUID(),
 		ActivationCode:    newActivationCode(),
 		IamRole:           *in.IamRole,
 		RegistrationLimit: limit,
@@ -223,19 +205,19 @@ func newActivationCode() string {
 
 // --- DeleteActivation ---
 
-func (s *Server) deleteActivation(c *call) (any, *apiError) {
+func (s *Server) deleteActivation(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct{ ActivationId *string }
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	if in.ActivationId == nil {
-		return nil, validationErr("null", "activationId", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "activationId", "Member must not be null")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.activations[*in.ActivationId]
 	if !ok || a.Deleted || !uuidPattern.MatchString(*in.ActivationId) {
-		return nil, errModeled("InvalidActivationId", "The activation ID is not valid. Verify the you entered the correct ActivationId or ActivationCode and try again.")
+		return nil, badRequest("InvalidActivationId", "The activation ID is not valid. Verify the you entered the correct ActivationId or ActivationCode and try again.")
 	}
 	// Deleting only blocks new registrations; instances stay registered.
 	a.Deleted = true
@@ -244,31 +226,31 @@ func (s *Server) deleteActivation(c *call) (any, *apiError) {
 
 // --- RegisterManagedInstance (agent only, unsigned) ---
 
-func (s *Server) registerManagedInstance(c *call) (any, *apiError) {
+func (s *Server) registerManagedInstance(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		ActivationCode, ActivationId, PublicKey, PublicKeyType, Fingerprint *string
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	for name, v := range map[string]*string{"activationCode": in.ActivationCode, "activationId": in.ActivationId,
 		"publicKey": in.PublicKey, "publicKeyType": in.PublicKeyType, "fingerprint": in.Fingerprint} {
 		if v == nil {
-			return nil, validationErr("null", name, "Member must not be null")
+			return nil, fakeaws.ValidationError(nil, name, "Member must not be null")
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.activations[*in.ActivationId]
 	if !ok || a.Deleted || a.ActivationCode != *in.ActivationCode {
-		return nil, errModeled("InvalidActivation", "Activation ID is not valid. Verify the you entered the correct ActivationId or ActivationCode and try again.")
+		return nil, badRequest("InvalidActivation", "Activation ID is not valid. Verify the you entered the correct ActivationId or ActivationCode and try again.")
 	}
 	now := s.opts.Clock()
 	if !now.Before(a.ExpirationDate) {
-		return nil, errModeled("ActivationExpired", "Activation has expired.")
+		return nil, badRequest("ActivationExpired", "Activation has expired.")
 	}
 	if a.RegistrationsCount >= a.RegistrationLimit {
-		return nil, errModeled("RegistrationLimitExceeded", "Registration limit of %d reached for SSM On-prem managed instances.", a.RegistrationLimit)
+		return nil, badRequest("RegistrationLimitExceeded", "Registration limit of %d reached for SSM On-prem managed instances.", a.RegistrationLimit)
 	}
 	a.RegistrationsCount++
 	inst := &Instance{
@@ -289,27 +271,27 @@ func (s *Server) registerManagedInstance(c *call) (any, *apiError) {
 
 // --- UpdateInstanceInformation (the agent's ping) ---
 
-func (s *Server) updateInstanceInformation(c *call) (any, *apiError) {
+func (s *Server) updateInstanceInformation(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		InstanceId, AgentName, AgentVersion, AgentStatus, PlatformType, PlatformName,
 		PlatformVersion, IPAddress, ComputerName *string
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	if in.InstanceId == nil {
-		return nil, validationErr("null", "instanceId", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "instanceId", "Member must not be null")
 	}
-	if strings.HasPrefix(c.akid, "mi-") && c.akid != *in.InstanceId {
-		return nil, errCommon(http.StatusBadRequest, "AccessDeniedException",
+	if strings.HasPrefix(c.AccessKeyID, "mi-") && c.AccessKeyID != *in.InstanceId {
+		return nil, fakeaws.Errorf(http.StatusBadRequest, "AccessDeniedException",
 			"User: %s is not authorized to perform: ssm:UpdateInstanceInformation on resource: arn:aws:ssm:%s:%s:managed-instance/%s",
-			c.akid, s.opts.Region, s.opts.AccountID, *in.InstanceId)
+			c.AccessKeyID, s.opts.Region, s.opts.AccountID, *in.InstanceId)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	inst, ok := s.instances[*in.InstanceId]
 	if !ok {
-		return nil, errModeled("InvalidInstanceId", "Instance Id %s is not valid.", *in.InstanceId)
+		return nil, badRequest("InvalidInstanceId", "Instance Id %s is not valid.", *in.InstanceId)
 	}
 	set := func(dst *string, v *string) {
 		if v != nil {
@@ -332,21 +314,21 @@ func (s *Server) updateInstanceInformation(c *call) (any, *apiError) {
 
 // --- DeregisterManagedInstance ---
 
-func (s *Server) deregisterManagedInstance(c *call) (any, *apiError) {
+func (s *Server) deregisterManagedInstance(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct{ InstanceId *string }
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	if in.InstanceId == nil {
-		return nil, validationErr("null", "instanceId", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "instanceId", "Member must not be null")
 	}
 	if !managedIDExpr.MatchString(*in.InstanceId) {
-		return nil, validationErr(*in.InstanceId, "instanceId", "Member must satisfy regular expression pattern: ^mi-[0-9a-f]{17}$")
+		return nil, fakeaws.ValidationError(*in.InstanceId, "instanceId", "Member must satisfy regular expression pattern: ^mi-[0-9a-f]{17}$")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.instances[*in.InstanceId]; !ok {
-		return nil, errModeled("InvalidInstanceId", "Instance Id %s is not valid.", *in.InstanceId)
+		return nil, badRequest("InvalidInstanceId", "Instance Id %s is not valid.", *in.InstanceId)
 	}
 	delete(s.instances, *in.InstanceId)
 	return struct{}{}, nil
@@ -358,34 +340,34 @@ var resourceTypes = map[string]bool{"Document": true, "ManagedInstance": true, "
 	"Parameter": true, "PatchBaseline": true, "OpsItem": true, "OpsMetadata": true, "Automation": true, "Association": true}
 
 // taggedInstance resolves ResourceType/ResourceId to a managed instance; s.mu is held.
-func (s *Server) taggedInstance(rt, rid *string) (*Instance, *apiError) {
+func (s *Server) taggedInstance(rt, rid *string) (*Instance, *fakeaws.Error) {
 	switch {
 	case rt == nil:
-		return nil, validationErr("null", "resourceType", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "resourceType", "Member must not be null")
 	case rid == nil:
-		return nil, validationErr("null", "resourceId", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "resourceId", "Member must not be null")
 	case !resourceTypes[*rt]:
-		return nil, validationErr(*rt, "resourceType", "Member must satisfy enum value set: [Document, ManagedInstance, MaintenanceWindow, Parameter, PatchBaseline, OpsItem, OpsMetadata, Automation, Association]")
+		return nil, fakeaws.ValidationError(*rt, "resourceType", "Member must satisfy enum value set: [Document, ManagedInstance, MaintenanceWindow, Parameter, PatchBaseline, OpsItem, OpsMetadata, Automation, Association]")
 	case *rt != "ManagedInstance":
-		return nil, errModeled("InvalidResourceType", "The resource type %s is not supported by this fake.", *rt)
+		return nil, badRequest("InvalidResourceType", "The resource type %s is not supported by this fake.", *rt)
 	}
 	inst, ok := s.instances[*rid]
 	if !ok {
-		return nil, errModeled("InvalidResourceId", "The resource ID \"%s\" is not valid. Verify the ID and try again.", *rid)
+		return nil, badRequest("InvalidResourceId", "The resource ID \"%s\" is not valid. Verify the ID and try again.", *rid)
 	}
 	return inst, nil
 }
 
-func (s *Server) addTagsToResource(c *call) (any, *apiError) {
+func (s *Server) addTagsToResource(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		ResourceType, ResourceId *string
 		Tags                     []tagIn
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	if in.Tags == nil {
-		return nil, validationErr("null", "tags", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "tags", "Member must not be null")
 	}
 	tags, e := validateTags(in.Tags, "tags", 1000)
 	if e != nil {
@@ -410,15 +392,15 @@ func (s *Server) addTagsToResource(c *call) (any, *apiError) {
 		}
 	}
 	if len(merged) > 50 {
-		return nil, errModeled("TooManyTagsError", "The Targets parameter includes too many tags. Remove one or more tags and try the command again.")
+		return nil, badRequest("TooManyTagsError", "The Targets parameter includes too many tags. Remove one or more tags and try the command again.")
 	}
 	inst.Tags = merged
 	return struct{}{}, nil
 }
 
-func (s *Server) listTagsForResource(c *call) (any, *apiError) {
+func (s *Server) listTagsForResource(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct{ ResourceType, ResourceId *string }
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	s.mu.Lock()

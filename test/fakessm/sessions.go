@@ -1,12 +1,13 @@
 package fakessm
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // Session is a Session Manager session as DescribeSessions reports it
@@ -53,15 +54,13 @@ func (s *Server) StartSession(in Session) (Session, error) {
 		return Session{}, fmt.Errorf("fakessm: a session needs an Owner")
 	}
 	if in.SessionID == "" {
-		var b [9]byte
-		_, _ = rand.Read(b[:])
 		name := in.Owner[strings.LastIndexAny(in.Owner, "/:")+1:]
-		in.SessionID = name + "-" + hex.EncodeToString(b[:])[:17]
+		in.SessionID = name + "-" + randomHex17()
 	}
 	if in.Status == "" {
 		in.Status = SessionConnected
 	}
-	if !contains(sessionStatuses, in.Status) {
+	if !slices.Contains(sessionStatuses, in.Status) {
 		return Session{}, fmt.Errorf("fakessm: session status %q", in.Status)
 	}
 	if in.DocumentName == "" {
@@ -121,7 +120,7 @@ func (s *Server) sortedSessions() []Session {
 // describeSessions lists the sessions of State (Active or History) that
 // match every filter, oldest first, in pages of MaxResults (1–200, default
 // 20; the model documents no default).
-func (s *Server) describeSessions(c *call) (any, *apiError) {
+func (s *Server) describeSessions(c *fakeaws.Call) (any, *fakeaws.Error) {
 	var in struct {
 		State      *string
 		MaxResults *int
@@ -131,21 +130,21 @@ func (s *Server) describeSessions(c *call) (any, *apiError) {
 			Value *string `json:"value"`
 		}
 	}
-	if e := c.decode(&in); e != nil {
+	if e := c.Decode(&in); e != nil {
 		return nil, e
 	}
 	switch {
 	case in.State == nil:
-		return nil, validationErr("null", "state", "Member must not be null")
+		return nil, fakeaws.ValidationError(nil, "state", "Member must not be null")
 	case *in.State != "Active" && *in.State != "History":
-		return nil, validationErr(*in.State, "state", "Member must satisfy enum value set: [Active, History]")
+		return nil, fakeaws.ValidationError(*in.State, "state", "Member must satisfy enum value set: [Active, History]")
 	case len(in.Filters) > 6:
-		return nil, validationErr(len(in.Filters), "filters", "Member must have length less than or equal to 6")
+		return nil, fakeaws.ValidationError(len(in.Filters), "filters", "Member must have length less than or equal to 6")
 	}
 	limit := 20
 	if in.MaxResults != nil {
 		if *in.MaxResults < 1 || *in.MaxResults > 200 {
-			return nil, validationErr(*in.MaxResults, "maxResults", "Member must have value between 1 and 200")
+			return nil, fakeaws.ValidationError(*in.MaxResults, "maxResults", "Member must have value between 1 and 200")
 		}
 		limit = *in.MaxResults
 	}
@@ -154,19 +153,19 @@ func (s *Server) describeSessions(c *call) (any, *apiError) {
 		at := fmt.Sprintf("filters.%d.member", i+1)
 		switch {
 		case f.Key == nil:
-			return nil, validationErr("null", at+".key", "Member must not be null")
-		case !contains(sessionFilterKeys, *f.Key):
-			return nil, validationErr(*f.Key, at+".key",
+			return nil, fakeaws.ValidationError(nil, at+".key", "Member must not be null")
+		case !slices.Contains(sessionFilterKeys, *f.Key):
+			return nil, fakeaws.ValidationError(*f.Key, at+".key",
 				"Member must satisfy enum value set: [InvokedAfter, InvokedBefore, Target, Owner, Status, SessionId, AccessType]")
 		case f.Value == nil:
-			return nil, validationErr("null", at+".value", "Member must not be null")
+			return nil, fakeaws.ValidationError(nil, at+".value", "Member must not be null")
 		case *f.Value == "" || strLen(*f.Value) > 400:
-			return nil, validationErr(*f.Value, at+".value", "Member must have length between 1 and 400")
+			return nil, fakeaws.ValidationError(*f.Value, at+".value", "Member must have length between 1 and 400")
 		}
 		if *f.Key == "InvokedAfter" || *f.Key == "InvokedBefore" {
 			if _, err := time.Parse(time.RFC3339, *f.Value); err != nil {
 				// The service's exact answer is unconfirmed.
-				return nil, validationErr(*f.Value, at+".value", "Member must be a timestamp such as 2024-08-29T00:00:00Z")
+				return nil, fakeaws.ValidationError(*f.Value, at+".value", "Member must be a timestamp such as 2024-08-29T00:00:00Z")
 			}
 		}
 		filters = append(filters, filter{*f.Key, []string{*f.Value}})
@@ -176,7 +175,7 @@ func (s *Server) describeSessions(c *call) (any, *apiError) {
 	defer s.mu.Unlock()
 	var matched []Session
 	for _, se := range s.sortedSessions() {
-		if contains(activeStatuses, se.Status) == (*in.State == "Active") && sessionMatches(se, filters) {
+		if slices.Contains(activeStatuses, se.Status) == (*in.State == "Active") && sessionMatches(se, filters) {
 			matched = append(matched, se)
 		}
 	}
@@ -184,7 +183,7 @@ func (s *Server) describeSessions(c *call) (any, *apiError) {
 	if in.NextToken != nil {
 		after, err := decodeToken(*in.NextToken)
 		if err != nil {
-			return nil, errModeled("InvalidNextToken", "The specified token isn't valid.")
+			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
 		}
 		start = len(matched)
 		for i, se := range matched {
@@ -198,11 +197,11 @@ func (s *Server) describeSessions(c *call) (any, *apiError) {
 	list := make([]map[string]any, 0, end-start)
 	for _, se := range matched[start:end] {
 		m := map[string]any{
-			"SessionId": se.SessionID, "Target": se.Target, "Status": se.Status, "StartDate": epoch(se.StartDate),
+			"SessionId": se.SessionID, "Target": se.Target, "Status": se.Status, "StartDate": fakeaws.Epoch(se.StartDate),
 			"DocumentName": se.DocumentName, "Owner": se.Owner, "AccessType": se.AccessType,
 		}
 		if !se.EndDate.IsZero() {
-			m["EndDate"] = epoch(se.EndDate)
+			m["EndDate"] = fakeaws.Epoch(se.EndDate)
 		}
 		for k, v := range map[string]string{"Reason": se.Reason, "Details": se.Details, "MaxSessionDuration": se.MaxSessionDuration} {
 			if v != "" {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/bastion-dev/bastion/test/fakeaws"
 )
 
 // Tag is an SSM resource tag.
@@ -113,7 +115,7 @@ func (s *Server) RegisterInstance(activationID, activationCode string) (Instance
 	if err != nil {
 		return Instance{}, err
 	}
-	out, aerr := s.registerManagedInstance(&call{body: body})
+	out, aerr := s.registerManagedInstance(&fakeaws.Call{Op: "RegisterManagedInstance", Body: body})
 	if aerr != nil {
 		return Instance{}, aerr
 	}
@@ -220,27 +222,6 @@ func (s *Server) SetServiceSetting(id, value string) {
 		lastModified: s.opts.Clock(), lastUser: fmt.Sprintf("arn:aws:iam::%s:user/test", s.opts.AccountID)}
 }
 
-// Calls returns how many requests named op (all outcomes). AnyOp counts all.
-func (s *Server) Calls(op string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if op == AnyOp {
-		n := 0
-		for _, c := range s.calls {
-			n += c
-		}
-		return n
-	}
-	return s.calls[op]
-}
-
-// Requests returns the log of API requests in arrival order.
-func (s *Server) Requests() []Request {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Request(nil), s.requests...)
-}
-
 // snapshot copies an instance with its status evaluated; s.mu is held.
 func (s *Server) snapshot(in *Instance) Instance {
 	c := *in
@@ -268,10 +249,13 @@ func (s *Server) sortedInstanceIDs() []string {
 	return ids
 }
 
-func newInstanceID() string {
+func newInstanceID() string { return "mi-" + randomHex17() }
+
+// randomHex17 is the random part of managed-instance and session ids.
+func randomHex17() string {
 	var b [9]byte
 	_, _ = rand.Read(b[:])
-	return "mi-" + hex.EncodeToString(b[:])[:17]
+	return hex.EncodeToString(b[:])[:17]
 }
 
 // AddActivation seeds an activation without going through CreateActivation.
@@ -281,7 +265,7 @@ func (s *Server) AddActivation(a Activation) Activation {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if a.ActivationID == "" {
-		a.ActivationID = newUUID()
+		a.ActivationID = fakeaws.NewUUID()
 	}
 	if a.ActivationCode == "" {
 		a.ActivationCode = newActivationCode()

@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/bastion-dev/bastion/test/fakesecrets"
 )
@@ -19,14 +17,8 @@ func main() {
 	flag.Parse()
 
 	srv := fakesecrets.New(fakesecrets.Options{Region: *region})
-	if err := srv.StartAddr(*addr); err != nil {
+	if err := srv.ServeUntilSignal(*addr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fmt.Printf("listening on %s\n", srv.URL())
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	srv.Close()
 }

@@ -6,9 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
-	"time"
 
 	"github.com/bastion-dev/bastion/test/fakessm"
 )
@@ -21,19 +18,8 @@ func main() {
 	flag.Parse()
 
 	srv := fakessm.New(fakessm.Options{Region: *region, ActivationTier: *tier, OnlineWindow: *window})
-	if err := srv.StartAddr(*addr); err != nil {
+	if err := srv.ServeUntilSignal(*addr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
-	}
-	fmt.Printf("listening on %s\n", srv.URL())
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
-	done := make(chan struct{})
-	go func() { srv.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
 	}
 }

@@ -194,6 +194,13 @@ func TestUserChangeDisconnects(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(l["reason"]), `change of user name not allowed (first "alice", then "root")`) {
 		t.Errorf("refusal line: %v", l)
 	}
+	// Both connections' stories are complete once each has its closing
+	// line and the one tunnel its line.
+	b.Log.WaitFor(t, 10*time.Second, "tunnel", nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(b.Log.Find("connection closed", nil)) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if n := len(b.Log.Find("auth", map[string]string{"result": "accepted"})); n != 1 {
 		t.Errorf("%d accepted auth lines, want 1 (the unchanged name):\n%s", n, b.Log.String())
 	}

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	gossh "golang.org/x/crypto/ssh"
-
 	"github.com/bastion-dev/bastion/test/harness"
 )
 
@@ -177,7 +175,7 @@ func TestClientMatrix(t *testing.T) {
 			if err != nil {
 				return result{stderr: err.Error(), code: 1}
 			}
-			ch, err := goDirect(c, "127.0.0.1", eport)
+			ch, err := c.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", eport))
 			if err != nil {
 				return result{stderr: err.Error(), code: 1}
 			}
@@ -213,21 +211,6 @@ func TestClientMatrix(t *testing.T) {
 			})
 		}
 	}
-}
-
-func goDirect(c *gossh.Client, host string, port int) (gossh.Channel, error) {
-	payload := gossh.Marshal(struct {
-		Host       string
-		Port       uint32
-		OrigHost   string
-		OriginPort uint32
-	}{host, uint32(port), "127.0.0.1", 1})
-	ch, reqs, err := c.OpenChannel("direct-tcpip", payload)
-	if err != nil {
-		return nil, err
-	}
-	go gossh.DiscardRequests(reqs)
-	return ch, nil
 }
 
 // TestHandshakeFailureSaysWhy: a client with nothing in common leaves a

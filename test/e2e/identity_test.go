@@ -306,7 +306,7 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ch, err := goDirect(c, "127.0.0.1", eport)
+		ch, err := c.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", eport))
 		if err != nil {
 			t.Fatal(err)
 		}

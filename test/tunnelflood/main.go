@@ -12,12 +12,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -53,11 +53,6 @@ func run(addr, user, keyPath, hostKeyText, dest string, nconns, ntunnels, fill i
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
 	}
-	host, portText, err := net.SplitHostPort(dest)
-	if err != nil {
-		return err
-	}
-	port, _ := strconv.Atoi(portText)
 	cfg := &gossh.ClientConfig{
 		User:            user,
 		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
@@ -72,28 +67,22 @@ func run(addr, user, keyPath, hostKeyText, dest string, nconns, ntunnels, fill i
 		}
 		clients = append(clients, c)
 	}
-	var channels []gossh.Channel
+	var channels []net.Conn
 	reasons := map[string]int{}
 	refused := 0
 	for _, c := range clients {
 		for i := 0; i < ntunnels; i++ {
-			payload := gossh.Marshal(struct {
-				Host       string
-				Port       uint32
-				OrigHost   string
-				OriginPort uint32
-			}{host, uint32(port), "127.0.0.1", 1})
-			ch, reqs, err := c.OpenChannel("direct-tcpip", payload)
+			ch, err := c.Dial("tcp", dest)
 			if err != nil {
 				refused++
-				if oce, ok := err.(*gossh.OpenChannelError); ok {
+				var oce *gossh.OpenChannelError
+				if errors.As(err, &oce) {
 					reasons[oce.Message]++
 				} else {
 					reasons[err.Error()]++
 				}
 				continue
 			}
-			go gossh.DiscardRequests(reqs)
 			channels = append(channels, ch)
 		}
 	}
@@ -105,7 +94,7 @@ func run(addr, user, keyPath, hostKeyText, dest string, nconns, ntunnels, fill i
 	chunk := make([]byte, 32<<10)
 	for _, ch := range channels {
 		wg.Add(1)
-		go func(ch gossh.Channel) {
+		go func(ch net.Conn) {
 			defer wg.Done()
 			for sent := 0; sent < fill; sent += len(chunk) {
 				if _, err := ch.Write(chunk); err != nil {
@@ -118,7 +107,7 @@ func run(addr, user, keyPath, hostKeyText, dest string, nconns, ntunnels, fill i
 	report(map[string]any{"filled": len(channels)})
 	// Keep writing past the window, so nothing the server holds drains.
 	for _, ch := range channels {
-		go func(ch gossh.Channel) { io.Copy(ch, zeros{}) }(ch)
+		go func(ch net.Conn) { io.Copy(ch, zeros{}) }(ch)
 	}
 	io.Copy(io.Discard, os.Stdin)
 	for _, c := range clients {

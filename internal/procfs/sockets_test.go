@@ -82,7 +82,7 @@ func TestTCPPeerFindsTheDialer(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { stdin.Close(); cmd.Wait() }()
+			defer func() { stdin.Close(); cmd.Wait() }() // once more is harmless
 			c, err := ln.Accept()
 			if err != nil {
 				t.Fatal(err)
@@ -116,6 +116,14 @@ func TestTCPPeerFindsTheDialer(t *testing.T) {
 			// The same endpoints the other way round are not a socket.
 			if _, err := TCPPeer("/proc", local, netip.AddrPortFrom(remote.Addr(), remote.Port()+1)); err != ErrNoSocket {
 				t.Errorf("bogus endpoints: err %v, want ErrNoSocket", err)
+			}
+			// Once the dialer is gone, its end belongs to no process.
+			stdin.Close()
+			if err := cmd.Wait(); err != nil {
+				t.Fatal(err)
+			}
+			if q, err := TCPPeer("/proc", remote, local); err != ErrNoOwner && err != ErrNoSocket {
+				t.Errorf("dialer gone: %+v, %v; want ErrNoOwner or ErrNoSocket", q, err)
 			}
 		})
 	}

@@ -135,6 +135,27 @@ func TestSSMSessionIdentity(t *testing.T) {
 		t.Errorf("%d accepted connections, want 5", n)
 	}
 
+	// The session ended before its lookup (its worker gone, as far as the
+	// service knows): no principal, one warning saying so, the connection
+	// works.
+	ended := w.startSession(t, "arn:aws:iam::123456789012:user/carol")
+	if err := w.e.api.EndSession(ended); err != nil {
+		t.Fatal(err)
+	}
+	if r := w.sshVia(t, w.proxyCommand(w.worker, ended), dest, "ended session\n"); r.code != 0 || r.stdout != "ended session\n" {
+		t.Fatalf("ssh for an ended session: %+v", r)
+	}
+	warn := w.b.Log.WaitFor(t, 10*time.Second, "ssm session principal unknown", map[string]string{"ssm_session_id": ended})
+	if !strings.Contains(fmt.Sprint(warn["error"]), "no active session") {
+		t.Errorf("lookup failure line: %v", warn)
+	}
+	w.b.Log.WaitFor(t, 10*time.Second, "connection closed", map[string]string{"ssm_session_id": ended})
+	for _, l := range w.b.Log.Records() {
+		if l["ssm_session_id"] == ended && l["principal"] != nil {
+			t.Errorf("principal for an ended session: %v", l)
+		}
+	}
+
 	// DescribeSessions denied: no principal, one warning, the connection works.
 	denied := w.startSession(t, "arn:aws:iam::123456789012:user/bob")
 	w.e.api.FailNext("DescribeSessions", 20, "AccessDeniedException")
@@ -143,7 +164,7 @@ func TestSSMSessionIdentity(t *testing.T) {
 			t.Fatalf("ssh with the lookup denied: %+v", r)
 		}
 	}
-	warn := w.b.Log.WaitFor(t, 10*time.Second, "ssm session principal unknown", map[string]string{"ssm_session_id": denied})
+	warn = w.b.Log.WaitFor(t, 10*time.Second, "ssm session principal unknown", map[string]string{"ssm_session_id": denied})
 	if !strings.Contains(fmt.Sprint(warn["error"]), "AccessDenied") {
 		t.Errorf("lookup failure line: %v", warn)
 	}
@@ -155,6 +176,7 @@ func TestSSMSessionIdentity(t *testing.T) {
 			t.Errorf("principal on a denied lookup: %v", l)
 		}
 	}
+
 }
 
 func copyFile(t *testing.T, from, to string) {

@@ -76,11 +76,13 @@ type Config struct {
 
 // withDefaults checks c and fills its zero fields.
 func (c Config) withDefaults() (Config, error) {
-	switch {
-	case c.SecretID == "" && c.File == "":
+	if c.SecretID == "" && c.File == "" {
 		return c, fmt.Errorf("authkeys: set %s or %s", EnvSecret, EnvFile)
-	case c.SecretID != "" && c.File != "":
-		return c, fmt.Errorf("authkeys: %s and %s are both set: choose one source of truth", EnvSecret, EnvFile)
+	}
+	if err := CheckSource(c.SecretID, c.File, c.Region); err != nil {
+		return c, err
+	}
+	switch {
 	case c.Decode == nil:
 		return c, errors.New("authkeys: Config.Decode is required")
 	case c.Refresh < 0:
@@ -89,11 +91,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("authkeys: RetryMin, CallTimeout and StartTimeout must not be negative")
 	}
 	if c.SecretID != "" {
-		region, err := secretRegion(c.SecretID, c.Region)
-		if err != nil {
-			return c, err
-		}
-		c.Region = region
+		c.Region, _ = secretRegion(c.SecretID, c.Region) // checked above
 	}
 	if c.Refresh == 0 {
 		c.Refresh = DefaultRefresh
@@ -111,6 +109,22 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
+}
+
+// CheckSource refuses what no Watcher could read: both sources set, a
+// secret ARN of the wrong shape, or a secret name without a region. The
+// entrypoint calls it too, so that such a value stops the start before
+// anything else happens.
+func CheckSource(secretID, file, region string) error {
+	if secretID != "" && file != "" {
+		return fmt.Errorf("authkeys: %s and %s are both set: choose one source of truth", EnvSecret, EnvFile)
+	}
+	if secretID != "" {
+		if _, err := secretRegion(secretID, region); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // secretRegion is the region to ask for id: an ARN's own, else region.

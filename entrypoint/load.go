@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/bastion-dev/bastion/authkeys"
 	"log/slog"
 	"net"
 	"os"
@@ -150,14 +151,11 @@ func (c *Config) validate(e *Env) error {
 	default:
 		return errors.New("entrypoint: BASTION_LOG_FORMAT: want json or text")
 	}
-	if e.KeysSecret != "" && e.KeysFile != "" {
-		return errors.New("entrypoint: BASTION_AUTHORIZED_KEYS_SECRET and BASTION_AUTHORIZED_KEYS_FILE are both set: choose one source")
+	if err := authkeys.CheckSource(e.KeysSecret, e.KeysFile, e.Region); err != nil {
+		return fmt.Errorf("entrypoint: %w", err)
 	}
 	if e.KeysRefresh < time.Second {
 		return errors.New("entrypoint: BASTION_KEYS_REFRESH: must be at least 1s")
-	}
-	if e.KeysSecret != "" && e.Region == "" && !strings.HasPrefix(e.KeysSecret, "arn:") {
-		return errors.New("entrypoint: AWS_REGION: required when BASTION_AUTHORIZED_KEYS_SECRET is a secret name (an ARN names its region)")
 	}
 	if e.NotifyURL != "" {
 		if err := notify.ValidateURL(e.NotifyURL); err != nil {

@@ -302,6 +302,23 @@ func TestLoad(t *testing.T) {
 			},
 			wantErr: []string{"BASTION_DRAIN_TIMEOUT: must be shorter than BASTION_STOP_TIMEOUT"},
 		},
+		{
+			name: "both key sources",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_AUTHORIZED_KEYS_SECRET": "bastion/keys", "AWS_REGION": "us-east-1", "BASTION_AUTHORIZED_KEYS_FILE": "/keys"},
+			wantErr: []string{"BASTION_AUTHORIZED_KEYS_SECRET and BASTION_AUTHORIZED_KEYS_FILE are both set"},
+		},
+		{
+			name:    "key secret name without a region",
+			env:     map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak), "BASTION_AUTHORIZED_KEYS_SECRET": "bastion/keys"},
+			wantErr: []string{"AWS_REGION is required with BASTION_AUTHORIZED_KEYS_SECRET"},
+		},
+		{
+			name: "key secret ARN of another service",
+			env: map[string]string{"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": b64(ak),
+				"BASTION_AUTHORIZED_KEYS_SECRET": "arn:aws:ssm:us-east-1:123456789012:parameter/keys"},
+			wantErr: []string{"BASTION_AUTHORIZED_KEYS_SECRET: not a Secrets Manager secret ARN"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -257,11 +257,7 @@ func (b *bastion) startNotifier() error {
 	if b.cfg.Env.NotifyURL == "" {
 		return nil
 	}
-	name := b.cfg.Env.InstanceName
-	if name == "" {
-		name = "bastion"
-	}
-	n, err := notify.New(notify.Config{URL: b.cfg.Env.NotifyURL, Log: b.log, Name: name})
+	n, err := notify.New(notify.Config{URL: b.cfg.Env.NotifyURL, Log: b.log, Name: b.cfg.Env.InstanceName})
 	if err != nil {
 		return fmt.Errorf("BASTION_NOTIFY_URL: %w", err)
 	}

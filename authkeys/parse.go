@@ -71,7 +71,6 @@ func diff(prev, next []sshd.AuthorizedKey) (added, removed, changed []string) {
 	group := func(keys []sshd.AuthorizedKey) map[string][]sshd.AuthorizedKey {
 		m := map[string][]sshd.AuthorizedKey{}
 		for _, k := range keys {
-			k.Line = 0 // moving a line is no change
 			m[k.Fingerprint] = append(m[k.Fingerprint], k)
 		}
 		return m
@@ -98,6 +97,8 @@ func diff(prev, next []sshd.AuthorizedKey) (added, removed, changed []string) {
 	return added, removed, changed
 }
 
+// sameLines compares what a key's lines say (comment, options), not where
+// they stand: moving a line is no change.
 func sameLines(a, b []sshd.AuthorizedKey) bool {
 	if len(a) != len(b) {
 		return false

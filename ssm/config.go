@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -220,6 +221,8 @@ func checkIAMRole(role string) error {
 		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE is required")
 	case strings.Contains(role, ":"):
 		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name (or path/name), not an ARN")
+	case strings.ContainsFunc(role, unicode.IsSpace):
+		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name (or path/name): role names have no spaces")
 	case utf8.RuneCountInString(role) > 64:
 		return fmt.Errorf("ssm: INSTANCE_IAM_ROLE must be a role name of at most 64 characters")
 	}

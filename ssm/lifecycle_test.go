@@ -814,6 +814,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no region", func(c *Config) { c.Region = "" }, "AWS_REGION"},
 		{"no role", func(c *Config) { c.IAMRole = "" }, "INSTANCE_IAM_ROLE is required"},
 		{"role arn", func(c *Config) { c.IAMRole = "arn:aws:iam::1:role/x" }, "not an ARN"},
+		{"role with a space", func(c *Config) { c.IAMRole = "my role" }, "role names have no spaces"},
 		{"role too long", func(c *Config) { c.IAMRole = long }, "at most 64"},
 		{"role of 64 characters", func(c *Config) { c.IAMRole = strings.Repeat("é", 64) }, ""},
 		{"name", func(c *Config) { c.InstanceName = "踏み台 jump-1_a.b:c/d=e+f@g" }, ""},

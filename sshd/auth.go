@@ -46,6 +46,7 @@ const noTouchRequired = "no-touch-required"
 
 // grant is what one offered key would give, computed once per offer.
 type grant struct {
+	from        *authorizer // the set of keys that made it
 	key         gossh.PublicKey
 	keyType     string
 	fingerprint string // of the key, or of the certificate's key
@@ -71,7 +72,7 @@ type authorizer struct {
 // line whose key matches and whose options admit the client wins; if none
 // admits it, the first matching line's refusal is reported.
 func (a *authorizer) check(user string, addr netip.Addr, key gossh.PublicKey) *grant {
-	g := &grant{key: key, keyType: key.Type(), fingerprint: gossh.FingerprintSHA256(key)}
+	g := &grant{from: a, key: key, keyType: key.Type(), fingerprint: gossh.FingerprintSHA256(key)}
 	if cert, ok := key.(*gossh.Certificate); ok {
 		a.checkCert(g, user, addr, cert)
 		return g
@@ -284,6 +285,10 @@ func (s *Server) verifiedPublicKey(ctx gliderssh.Context, md gossh.ConnMetadata,
 	defer s.mu.Unlock()
 	err := cs.checkUserLocked(md.User())
 	if err == nil {
+		g = s.regrantLocked(md.User(), cs.remote.Addr(), g)
+		err = g.err
+	}
+	if err == nil {
 		err = s.reserveKeySlotLocked(cs, g.fingerprint)
 	}
 	if err != nil {
@@ -294,6 +299,19 @@ func (s *Server) verifiedPublicKey(ctx gliderssh.Context, md gossh.ConnMetadata,
 	}
 	cs.attempt = g
 	return perms, nil
+}
+
+// regrantLocked checks g's key again when the authorized keys were
+// replaced after g was made: a client may take seconds to sign (a security
+// key's touch), and recheck passes over connections not yet authenticated,
+// so a key removed meanwhile must be caught on the way in. s.mu is held:
+// recheck runs under it after the new set is stored, so between the two
+// no swap is missed.
+func (s *Server) regrantLocked(user string, addr netip.Addr, g *grant) *grant {
+	if cur := s.authorizer(); g.from != cur {
+		return cur.check(user, addr, g.key)
+	}
+	return g
 }
 
 // checkUserLocked keeps the first user name of a connection: like sshd

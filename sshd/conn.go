@@ -265,22 +265,31 @@ func (s *Server) connClosed(cs *connState) {
 }
 
 // authenticated moves a connection out of the unauthenticated count and
-// starts its keepalive.
+// starts its keepalive. A key removed since its signature was verified
+// ends the connection at once, as recheck would have.
 func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) {
+	s.handshakes.Delete(cs.remote) // the handshake did not fail, whatever comes next
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if cs.closed || cs.authed {
+		s.mu.Unlock()
 		return
 	}
 	cs.authed = true
 	cs.authedAt = time.Now()
-	s.handshakes.Delete(cs.remote)
 	cs.lastActivity.Store(cs.authedAt.UnixNano())
-	cs.access = g
 	cs.hsTimer.Stop()
 	s.leaveUnauthLocked(cs)
-	if s.cfg.KeepaliveInterval > 0 {
-		cs.kaTimer = time.AfterFunc(s.cfg.KeepaliveInterval, func() { s.keepalive(ctx, cs) })
+	g = s.regrantLocked(cs.user, cs.remote.Addr(), g)
+	if g.err == nil {
+		cs.access = g
+		if s.cfg.KeepaliveInterval > 0 {
+			cs.kaTimer = time.AfterFunc(s.cfg.KeepaliveInterval, func() { s.keepalive(ctx, cs) })
+		}
+	}
+	s.mu.Unlock()
+	if g.err != nil {
+		// No access: channel requests are refused until the close lands.
+		cs.closeWith(s, revocationReason(g.err), "cause", g.err.Error())
 	}
 }
 

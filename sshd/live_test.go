@@ -64,6 +64,61 @@ func TestRevocationEndsLiveConnections(t *testing.T) {
 	}
 }
 
+// gatedSigner holds its first signature until released, as a security key
+// waits for its touch.
+type gatedSigner struct {
+	gossh.Signer
+	signing chan struct{} // closed when the client starts signing
+	release chan struct{}
+	once    sync.Once
+}
+
+func (g *gatedSigner) Sign(rand io.Reader, data []byte) (*gossh.Signature, error) {
+	g.once.Do(func() { close(g.signing) })
+	<-g.release
+	return g.Signer.Sign(rand, data)
+}
+
+// TestKeyRemovedWhileSigning: a key removed after the server said it would
+// take it but before the client's signature arrived (a touch can take
+// seconds) does not authenticate; the key that stays does.
+func TestKeyRemovedWhileSigning(t *testing.T) {
+	ts := startServer(t, authLine(t, "alice_ed25519", "")+authLine(t, "bob_ed25519", ""), Config{})
+	alice := &gatedSigner{Signer: testSigner(t, "alice_ed25519"), signing: make(chan struct{}), release: make(chan struct{})}
+	result := make(chan error, 1)
+	go func() {
+		c, err := ts.dial("root", alice)
+		if err == nil {
+			c.Close()
+		}
+		result <- err
+	}()
+	select {
+	case <-alice.signing:
+	case err := <-result:
+		t.Fatalf("dial ended before signing: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client never started signing")
+	}
+	keys, err := ParseAuthorizedKeys([]byte(authLine(t, "bob_ed25519", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.s.SetAuthorizedKeys(keys)
+	close(alice.release)
+	select {
+	case err := <-result:
+		if err == nil {
+			t.Fatalf("alice authenticated with a key removed while she was signing\nlog:\n%s", ts.log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("dial still running 10 s after the signature was released")
+	}
+	ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{
+		"fingerprint": gossh.FingerprintSHA256(alice.PublicKey()), "result": "refused", "reason": errKeyNotAuthorized.Error()})
+	ts.mustDial(t, "root", testSigner(t, "bob_ed25519"))
+}
+
 // settableClock is a Clock tests move forward.
 type settableClock struct {
 	mu  sync.Mutex

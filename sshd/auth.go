@@ -387,7 +387,7 @@ func (s *Server) authLog(ctx gliderssh.Context, md gossh.ConnMetadata, method st
 	case method == "none" && userErr == nil:
 		s.log.Debug("auth", attrs...)
 	default:
-		s.refusals.info("auth", cs.remote.Addr().String(), attrs...)
+		s.refusals.info("auth", cs.bucket, attrs...)
 	}
 	if userErr != nil {
 		// x/crypto offers no way to send the disconnect reason from here;

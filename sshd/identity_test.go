@@ -220,6 +220,49 @@ func TestStartupsPerSession(t *testing.T) {
 	ts.log.WaitFor(t, 5*time.Second, "connection refused", map[string]string{"source": "ssm-session flood-0000000000000000a", "ssm_session_id": "flood-0000000000000000a"})
 }
 
+// sessionSequence names each new connection by the next session id, all
+// from one address, as every SSM session's worker dials from 127.0.0.1.
+type sessionSequence struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (q *sessionSequence) Identify(netip.AddrPort, netip.AddrPort) Peer {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	id := q.ids[0]
+	if len(q.ids) > 1 {
+		q.ids = q.ids[1:]
+	}
+	return Peer{SSMSessionID: id}
+}
+
+func (q *sessionSequence) Principal(string) string { return "" }
+
+// TestRefusalSummaryPerSession: refused attempts are summarised per SSM
+// session, like the pre-auth limits: one session past the burst does not
+// silence another's refused auth lines, though both come from 127.0.0.1.
+func TestRefusalSummaryPerSession(t *testing.T) {
+	const noisy, quiet = "noisy-0000000000000000a", "quiet-0000000000000000b"
+	q := &sessionSequence{}
+	for i := 0; i <= refusalBurst; i++ {
+		q.ids = append(q.ids, noisy)
+	}
+	q.ids = append(q.ids, quiet)
+	ts := startServer(t, authLine(t, "alice_ed25519", ""), Config{Peers: q})
+	stranger := testSigner(t, "bob_ed25519")
+	for i := 0; i <= refusalBurst+1; i++ {
+		if _, err := ts.dial("root", stranger); err == nil {
+			t.Fatal("a stranger's key authenticated")
+		}
+	}
+	refused := map[string]string{"method": "publickey", "result": "refused", "ssm_session_id": noisy}
+	if n := len(ts.log.Find("auth", refused)); n != refusalBurst {
+		t.Fatalf("%d refused auth lines from the noisy session, want the burst of %d\n%s", n, refusalBurst, ts.log.String())
+	}
+	ts.log.WaitFor(t, 5*time.Second, "auth", map[string]string{"method": "publickey", "result": "refused", "ssm_session_id": quiet})
+}
+
 // unauthCount is the number of unauthenticated connections, health checks
 // aside.
 func (s *Server) unauthCount() int {

@@ -303,7 +303,7 @@ func (s *Server) handshakeFailed(conn net.Conn, err error) {
 		s.log.Debug("handshake failed", attrs...)
 		return
 	}
-	s.refusals.warn("handshake failed", remote.Addr().String(), attrs...)
+	s.refusals.warn("handshake failed", h.cs.bucket, attrs...) // ident is set with cs
 }
 
 // handshakeFacts is what handshakeFailed reports about a connection.

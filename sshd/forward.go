@@ -196,6 +196,13 @@ func (s *Server) logTunnel(t *tunnel) {
 // the client. It returns when both directions are done, or when the
 // connection ends or the drain grace runs out, whichever comes first.
 func (s *Server) pipe(ctx context.Context, cs *connState, ch gossh.Channel, target *net.TCPConn) (up, down int64, reason string) {
+	// One socket serves both directions: only reading holds its buffer.
+	sk, err := newSocket(target)
+	if err != nil { // a TCP connection has one unless it is already closed
+		ch.Close()
+		target.Close()
+		return 0, 0, "target side: " + err.Error()
+	}
 	var once sync.Once
 	forced := ""
 	stop := func(why string) {
@@ -226,14 +233,10 @@ func (s *Server) pipe(ctx context.Context, cs *connState, ch gossh.Channel, targ
 
 	// An error either way (reset, write to a closed peer) ends both; a
 	// clean EOF only half-closes.
-	var dst io.Writer = target
-	if sk, err := newSocket(target); err == nil {
-		dst = sk
-	}
 	upDone := make(chan struct{})
 	go func() {
 		defer close(upDone)
-		n, err := copyFromChannel(dst, ch, cs.touch)
+		n, err := copyFromChannel(sk, ch, cs.touch)
 		up = n
 		if err != nil {
 			stop("client side: " + err.Error())
@@ -241,7 +244,7 @@ func (s *Server) pipe(ctx context.Context, cs *connState, ch gossh.Channel, targ
 		}
 		target.CloseWrite()
 	}()
-	n, err := copyFromTarget(ch, target, cs.touch)
+	n, err := copyFromTarget(ch, sk, cs.touch)
 	down = n
 	if err != nil {
 		stop("target side: " + err.Error())
@@ -307,15 +310,9 @@ func copyFromChannel(dst io.Writer, src io.Reader, touch func()) (int64, error) 
 	}
 }
 
-// copyFromTarget copies the target to dst with a pooled buffer taken only
-// while the socket has data.
-func copyFromTarget(dst io.Writer, src *net.TCPConn, touch func()) (int64, error) {
-	sk, err := newSocket(src)
-	if err != nil {
-		bp := bulkBufs.Get().(*[]byte)
-		defer bulkBufs.Put(bp)
-		return io.CopyBuffer(struct{ io.Writer }{dst}, touchReader{src, touch}, *bp)
-	}
+// copyFromTarget copies the target's socket to dst with a pooled buffer
+// taken only while the socket has data.
+func copyFromTarget(dst io.Writer, sk *socket, touch func()) (int64, error) {
 	defer sk.release()
 	var total int64
 	for {
@@ -338,18 +335,4 @@ func copyFromTarget(dst io.Writer, src *net.TCPConn, touch func()) (int64, error
 			return total, err
 		}
 	}
-}
-
-// touchReader marks activity on every read that returns data.
-type touchReader struct {
-	r     io.Reader
-	touch func()
-}
-
-func (t touchReader) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	if n > 0 {
-		t.touch()
-	}
-	return n, err
 }

@@ -103,9 +103,14 @@ func (cs *connState) closeWith(s *Server, reason string, attrs ...any) {
 // touch records tunnel activity now, for the idle timeout.
 func (cs *connState) touch() { cs.lastActivity.Store(time.Now().UnixNano()) }
 
-// serverIdent is bastion's identification line; gliderlabs derives the
-// same one from Server.Version for x/crypto.
-const serverIdent = "SSH-2.0-bastion"
+// serverIdent is bastion's identification line. gliderlabs hands x/crypto
+// "SSH-2.0-" + Server.Version, which x/crypto writes (identConn drops that
+// write, having sent the line itself) and hashes into the key exchange: the
+// two must be one string.
+const (
+	serverVersion = "bastion"
+	serverIdent   = "SSH-2.0-" + serverVersion
+)
 
 // connCallback admits or refuses a new TCP connection before any crypto
 // work (MaxStartups), arms the handshake deadline, and exchanges

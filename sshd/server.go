@@ -234,7 +234,6 @@ type Server struct {
 	// open tunnels
 	connsByKey   map[string]int
 	tunnelsByKey map[string]int
-	nextID       atomic.Uint64
 }
 
 // New validates cfg and builds a server. It refuses an unusable config
@@ -268,7 +267,7 @@ func New(cfg Config) (*Server, error) {
 		signers[i] = k
 	}
 	s.srv = &gliderssh.Server{
-		Version:     "bastion",
+		Version:     serverVersion,
 		HostSigners: signers,
 		// Only direct-tcpip: no session, exec, shell, subsystem, x11,
 		// streamlocal. Non-nil empty request map: tcpip-forward and every

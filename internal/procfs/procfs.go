@@ -95,10 +95,13 @@ func ReadStat(pid int) (Stat, error) {
 }
 
 // PIDs lists the process ids in /proc.
-func PIDs() ([]int, error) {
-	entries, err := os.ReadDir("/proc")
+func PIDs() ([]int, error) { return pids("/proc") }
+
+// pids lists the process ids under root, a proc file system.
+func pids(root string) ([]int, error) {
+	entries, err := os.ReadDir(root)
 	if err != nil {
-		return nil, fmt.Errorf("procfs: list /proc: %w", err)
+		return nil, fmt.Errorf("procfs: list %s: %w", root, err)
 	}
 	pids := make([]int, 0, len(entries))
 	for _, e := range entries {

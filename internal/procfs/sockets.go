@@ -40,7 +40,10 @@ type Peer struct {
 // Only processes whose command name (/proc/PID/comm) is one of comms are
 // looked at, when comms is not empty: the search reads the descriptors of
 // every candidate, and a caller that only cares about a few programs
-// should not pay for the whole machine on every connection.
+// should not pay for the whole machine on every connection. This process
+// is never looked at: the other end of a connection it accepted is someone
+// else's (or, for a connection it made to itself, not a peer to name), and
+// its own descriptors are the most numerous on a busy server.
 func TCPPeer(root string, local, remote netip.AddrPort, comms ...string) (Peer, error) {
 	inode, uid, err := findSocket(root, local, remote)
 	if err != nil {
@@ -191,22 +194,23 @@ func parseHexAddrPort(s string) (netip.AddrPort, error) {
 // the processes named one of comms (all, when comms is empty).
 func socketHolder(root string, inode uint64, comms []string) (int, error) {
 	want := "socket:[" + strconv.FormatUint(inode, 10) + "]"
-	procs, err := os.ReadDir(root)
+	procs, err := pids(root)
 	if err != nil {
-		return 0, fmt.Errorf("procfs: %w", err)
+		return 0, err
 	}
-	for _, d := range procs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
+	self := os.Getpid()
+	for _, pid := range procs {
+		if pid == self {
 			continue
 		}
+		dir := filepath.Join(root, strconv.Itoa(pid))
 		if len(comms) > 0 {
-			comm, err := os.ReadFile(filepath.Join(root, d.Name(), "comm"))
+			comm, err := os.ReadFile(filepath.Join(dir, "comm"))
 			if err != nil || !slices.Contains(comms, strings.TrimSuffix(string(comm), "\n")) {
 				continue
 			}
 		}
-		fdDir := filepath.Join(root, d.Name(), "fd")
+		fdDir := filepath.Join(dir, "fd")
 		fds, err := os.ReadDir(fdDir)
 		if err != nil {
 			continue // gone, or not ours to read

@@ -117,6 +117,20 @@ func TestTCPPeerFindsTheDialer(t *testing.T) {
 			if _, err := TCPPeer("/proc", local, netip.AddrPortFrom(remote.Addr(), remote.Port()+1)); err != ErrNoSocket {
 				t.Errorf("bogus endpoints: err %v, want ErrNoSocket", err)
 			}
+			// A connection this process made to itself names no peer.
+			selfDial, err := net.Dial(network, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer selfDial.Close()
+			self, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer self.Close()
+			if q, err := TCPPeer("/proc", self.RemoteAddr().(*net.TCPAddr).AddrPort(), self.LocalAddr().(*net.TCPAddr).AddrPort()); err != ErrNoOwner {
+				t.Errorf("own connection: %+v, %v; want ErrNoOwner", q, err)
+			}
 			// Once the dialer is gone, its end belongs to no process.
 			stdin.Close()
 			if err := cmd.Wait(); err != nil {

@@ -116,6 +116,9 @@ type bastion struct {
 	// termSeen is closed: the stop budget counts from there on every path.
 	termAt   time.Time
 	termSeen chan struct{}
+	// startCtx ends with it too: what start-up waits for (a first key
+	// read, SSM's Start) stops there.
+	startCtx context.Context
 }
 
 // startBastion starts the supervisor: signals, reaping, and the forced
@@ -140,6 +143,8 @@ func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 		termSeen: make(chan struct{}),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	startCtx, endStart := context.WithCancel(b.ctx)
+	b.startCtx = startCtx
 	go func() { b.supDone <- b.sup.Run(b.ctx) }()
 	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
 		// The runtime's default (CPUs or quota) is the most it uses.
@@ -153,6 +158,7 @@ func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 		case <-b.sup.Shutdown():
 			b.termAt = time.Now()
 			close(b.termSeen)
+			endStart()
 		case <-b.ctx.Done():
 		}
 	}()
@@ -223,23 +229,15 @@ func (b *bastion) startKeys() ([]sshd.AuthorizedKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Reachable by SIGHUP from now on: Start takes a reload while it waits.
+	b.keys.Store(w)
 	// Without a set to start with this waits for the first good read (a
 	// bastion with no keys is useless); SIGTERM ends the wait.
-	startCtx, cancel := context.WithCancel(b.ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-b.sup.Shutdown():
-			cancel()
-		case <-startCtx.Done():
-		}
-	}()
-	keys, version, err := w.Start(startCtx)
+	keys, version, err := w.Start(b.startCtx)
 	if err != nil {
 		return nil, err
 	}
 	b.log.Info("authorized keys in force", "version", version, "keys", len(keys))
-	b.keys.Store(w)
 	return keys, nil
 }
 
@@ -356,7 +354,7 @@ const sessionOwnerTimeout = 5 * time.Second
 // SIGTERM during Start abandons it and is no failure; either way the
 // lifecycle is kept, so the stop undoes what Start created.
 func (b *bastion) startSSM() int {
-	lc, err := startSSM(b.ctx, b.cfg, b.sup, b.log, func(c ssm.Clients) { b.ssmAPI.Store(c.SSM) })
+	lc, err := startSSM(b.startCtx, b.cfg, b.sup, b.log, func(c ssm.Clients) { b.ssmAPI.Store(c.SSM) })
 	b.lc = lc
 	switch {
 	case err == nil:
@@ -559,28 +557,20 @@ func (s starter) Start(cmd *exec.Cmd) (ssm.Process, error) {
 	return c, nil
 }
 
-// startSSM builds the lifecycle and runs its Start, which SIGTERM cuts
-// short. The lifecycle is returned whenever it exists, also with Start's
-// error: its StopAgent and Deregister undo what Start did.
+// startSSM builds the lifecycle and runs its Start until ctx, which
+// SIGTERM ends, cuts it short. The lifecycle is returned whenever it
+// exists, also with Start's error: its StopAgent and Deregister undo what
+// Start did.
 func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Supervisor, log *slog.Logger,
 	clientsReady func(ssm.Clients)) (*ssm.Lifecycle, error) {
-	startCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-sup.Shutdown():
-			cancel()
-		case <-startCtx.Done():
-		}
-	}()
 	scfg := ssmConfig(cfg)
-	clients, err := ssm.NewClients(startCtx, scfg)
+	clients, err := ssm.NewClients(ctx, scfg)
 	if err != nil {
 		return nil, err
 	}
 	clientsReady(clients)
 	lc := ssm.New(scfg, clients, starter{sup}, log)
-	return lc, lc.Start(startCtx)
+	return lc, lc.Start(ctx)
 }
 
 // ssmConfig is the lifecycle's part of the configuration.

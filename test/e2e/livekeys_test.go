@@ -268,6 +268,41 @@ func TestLiveKeysFileAndSIGHUP(t *testing.T) {
 	}
 }
 
+// TestSIGHUPWhileWaitingForKeys: with no keys yet (the file is missing), a
+// SIGHUP reads the source at once instead of when the backoff says.
+func TestSIGHUPWhileWaitingForKeys(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	alice := harness.Keygen(t, dir, "alice")
+	file := filepath.Join(dir, "authorized_keys")
+	b := harness.StartBastion(t, dir, harness.BastionOptions{NoWait: true, Env: map[string]string{
+		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": "",
+		"BASTION_AUTHORIZED_KEYS_FILE":      file,
+		"BASTION_KEYS_REFRESH":              "1h",
+	}})
+	// The third failure waits 4 s for the next try: long enough that a
+	// read at once is told apart from one on schedule.
+	failed := b.Log.WaitFor(t, 15*time.Second, "authorized keys check failed; keeping the current set", map[string]string{"failures": "3"})
+	retryIn, err := time.ParseDuration(fmt.Sprint(failed["retry_in"]))
+	if err != nil || retryIn < 4*time.Second {
+		t.Fatalf("third failure: retry_in %v (%v), want 4s or more", failed["retry_in"], err)
+	}
+	if err := os.WriteFile(file, []byte(alice.Pub+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.Kill(syscall.SIGHUP)
+	inForce := b.Log.WaitFor(t, 15*time.Second, "authorized keys in force", nil)
+	failedAt, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(failed["time"]))
+	inForceAt, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(inForce["time"]))
+	if took := inForceAt.Sub(failedAt); took >= retryIn {
+		t.Errorf("keys read %v after the failure, not before its retry in %v: SIGHUP was not taken", took, retryIn)
+	}
+	b.WaitStarted(t)
+	if _, err := goDial(t, b, "root", mustSigner(t, alice)); err != nil {
+		t.Errorf("alice refused: %v", err)
+	}
+}
+
 // TestExpiryIdleAndAgeEndToEnd: a key whose expiry-time passes and a
 // certificate whose validity ends while connected are cut; the idle
 // timeout spares a connection that moves bytes and closes one that does

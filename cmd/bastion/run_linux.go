@@ -194,6 +194,10 @@ func (b *bastion) serve() int {
 			return code
 		}
 	}
+	// What start-up left behind (configuration, keys, SDK set-up, SSM's
+	// registration) would otherwise stay until the heap reaches the
+	// tuner's floor.
+	debug.FreeOSMemory()
 	select {
 	case <-b.sup.Shutdown():
 		b.log.Info("shutdown requested")
@@ -302,9 +306,6 @@ func (b *bastion) startSSH(keys []sshd.AuthorizedKey) error {
 		"host_key_ephemeral", b.cfg.HostKeyEphemeral, "authorized_keys", len(keys),
 		"allow", len(b.cfg.Allow), "ssm", b.cfg.SSM, "stop_timeout", b.cfg.Env.StopTimeout.String(),
 		"memory_budget", budget.String(), "max_tunnels", maxTunnels)
-	// What start-up left behind (configuration, keys, SDK set-up) would
-	// otherwise stay until the heap reaches the tuner's floor.
-	debug.FreeOSMemory()
 	return nil
 }
 

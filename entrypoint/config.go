@@ -75,12 +75,19 @@ type Env struct {
 	MetadataURI         string        `envconfig:"ECS_CONTAINER_METADATA_URI_V4" desc:"set by ECS; task metadata for the instance name and tags"`
 }
 
-// SecretVars are the variables removed from the environment after decoding.
-var SecretVars = []string{
-	"SSH_PRIVATE_HOST_KEY_BASE64ENCODED",
-	"SSH_PUBLIC_HOST_KEY_BASE64ENCODED",
-	"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED",
-	"BASTION_NOTIFY_URL",
+// SecretVars are the variables removed from the environment after decoding:
+// the fields of Env tagged secret:"true".
+var SecretVars = secretVars()
+
+func secretVars() []string {
+	var names []string
+	t := reflect.TypeOf(Env{})
+	for i := 0; i < t.NumField(); i++ {
+		if f := t.Field(i); f.Tag.Get("secret") == "true" {
+			names = append(names, f.Tag.Get("envconfig"))
+		}
+	}
+	return names
 }
 
 // Variable describes one environment variable for --help and the README.

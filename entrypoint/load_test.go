@@ -423,6 +423,10 @@ func TestVariablesDocumented(t *testing.T) {
 			t.Errorf("secret %s not among Variables", s)
 		}
 	}
+	if want := []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "SSH_PUBLIC_HOST_KEY_BASE64ENCODED",
+		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED", "BASTION_NOTIFY_URL"}; !slices.Equal(SecretVars, want) {
+		t.Errorf("SecretVars = %q, want %q", SecretVars, want)
+	}
 	var b strings.Builder
 	PrintHelp(&b)
 	for name := range seen {

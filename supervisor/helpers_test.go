@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -174,6 +175,31 @@ func helperMany(h *helper) int {
 	h.metric("orphans_reaped", st.Orphans)
 	h.metric("children_reaped", st.Children)
 	h.metric("elapsed_ms", elapsed.Milliseconds())
+	return 0
+}
+
+// helperBadMarker: a re-exec marker that names no memfd (copied from
+// another bastion's environment) is an error, and Setup's other steps run
+// all the same: inherited fds become close-on-exec, the subreaper is set.
+func helperBadMarker(h *helper) int {
+	leak, err := syscall.Open("/dev/null", syscall.O_RDONLY, 0) // no O_CLOEXEC on purpose
+	if err != nil {
+		h.failf("open: %v", err)
+	}
+	os.Setenv(reexecEnv, strconv.Itoa(leak))
+	err = Setup(SetupOptions{})
+	if err == nil || !strings.Contains(err.Error(), "does not name the hidden variables' memfd") {
+		h.failf("Setup with a foreign marker: %v", err)
+	}
+	if fl, _ := unix.FcntlInt(uintptr(leak), unix.F_GETFD, 0); fl&unix.FD_CLOEXEC == 0 {
+		h.failf("Setup left fd %d inheritable after the marker failed", leak)
+	}
+	if os.Getpid() != 1 {
+		var on int32
+		if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&on)), 0, 0, 0); err != nil || on != 1 {
+			h.failf("not a subreaper after the marker failed: %d %v", on, err)
+		}
+	}
 	return 0
 }
 

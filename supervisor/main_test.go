@@ -95,14 +95,15 @@ func launchBlocked() {
 }
 
 var helpers = map[string]func(*helper) int{
-	"orphans":  helperOrphans,
-	"many":     helperMany,
-	"childenv": helperChildEnv,
-	"sigterm":  helperSigterm,
-	"sigint":   helperSigint,
-	"stop":     helperStop,
-	"sweep":    helperSweep,
-	"refused":  helperRefused,
+	"orphans":   helperOrphans,
+	"many":      helperMany,
+	"childenv":  helperChildEnv,
+	"badmarker": helperBadMarker,
+	"sigterm":   helperSigterm,
+	"sigint":    helperSigint,
+	"stop":      helperStop,
+	"sweep":     helperSweep,
+	"refused":   helperRefused,
 }
 
 type helper struct {

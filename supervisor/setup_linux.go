@@ -43,19 +43,16 @@ type SetupOptions struct {
 //   - when not PID 1 (under tini, docker --init, a shell), the process
 //     becomes a child subreaper so orphaned grandchildren are re-parented to
 //     it rather than to the real init, as tini -s does.
+//
+// A step that fails does not skip the others: each is reported.
 func Setup(opts SetupOptions) error {
-	if err := reexec(opts.HideEnv); err != nil {
-		return err
-	}
-	if err := markCloexec(); err != nil {
-		return err
-	}
+	errs := []error{reexec(opts.HideEnv), markCloexec()}
 	if os.Getpid() != 1 {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-			return fmt.Errorf("supervisor: set child subreaper: %w", err)
+			errs = append(errs, fmt.Errorf("supervisor: set child subreaper: %w", err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // reexec re-executes the binary when the signal mask is not empty or a
@@ -114,10 +111,13 @@ func reexec(hide []string) error {
 	return fmt.Errorf("supervisor: re-exec (empty signal mask, hidden variables): %w", err)
 }
 
+// hiddenMemfdName names the memfd, as /proc/PID/fd shows it.
+const hiddenMemfdName = "bastion-hidden-env"
+
 // hiddenMemfd writes NAME=VALUE records, NUL-terminated, to a memfd that
 // survives exec, and rewinds it.
 func hiddenMemfd(hidden []string) (int, error) {
-	fd, err := unix.MemfdCreate("bastion-hidden-env", 0)
+	fd, err := unix.MemfdCreate(hiddenMemfdName, 0)
 	if err != nil {
 		return -1, fmt.Errorf("supervisor: memfd for hidden variables: %w", err)
 	}
@@ -147,7 +147,12 @@ func restoreHidden(marker string) error {
 	if err != nil || fd < 3 {
 		return fmt.Errorf("supervisor: %s=%q is not a descriptor", reexecEnv, marker)
 	}
-	f := os.NewFile(uintptr(fd), "bastion-hidden-env")
+	// Only the first image's memfd: a marker copied from another bastion's
+	// environment must not make this one read whatever it inherited there.
+	if link, err := os.Readlink("/proc/self/fd/" + marker); err != nil || !strings.HasPrefix(link, "/memfd:"+hiddenMemfdName+" ") {
+		return fmt.Errorf("supervisor: %s=%q does not name the hidden variables' memfd", reexecEnv, marker)
+	}
+	f := os.NewFile(uintptr(fd), hiddenMemfdName)
 	defer f.Close()
 	data, err := io.ReadAll(f)
 	if err != nil {

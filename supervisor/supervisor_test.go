@@ -59,6 +59,11 @@ func TestChildEnvironment(t *testing.T) {
 	})
 }
 
+func TestSetupGoesOnAfterABadMarker(t *testing.T) {
+	runHelper(t, "badmarker", plain, 0)
+	runHelper(t, "badmarker", asPID1, 0)
+}
+
 func TestStartRefuses(t *testing.T) {
 	runHelper(t, "refused", asPID1, 0)
 }

@@ -175,24 +175,14 @@ func (l *Lifecycle) checkInstance(ctx context.Context) {
 	if gone || id == "" {
 		return
 	}
-	cctx, cancel := l.call(ctx)
-	defer cancel()
-	out, err := l.api.DescribeInstanceInformation(cctx, &awsssm.DescribeInstanceInformationInput{
-		Filters: []types.InstanceInformationStringFilter{{Key: aws.String("InstanceIds"), Values: []string{id}}},
-	})
-	switch {
-	case errorCode(err) == "InvalidInstanceId":
-	case err != nil:
-		l.log.Warn("managed instance not checked", "step", "watch", "instance_id", id,
-			"error", apiError("describe instance information", "ssm:DescribeInstanceInformation", err).Error())
+	ii, err := l.describeInstance(ctx, id)
+	if err != nil {
+		l.log.Warn("managed instance not checked", "step", "watch", "instance_id", id, "error", err.Error())
 		return
-	default:
-		for _, ii := range out.InstanceInformationList {
-			if aws.ToString(ii.InstanceId) == id {
-				l.log.Debug("managed instance still registered", "step", "watch", "instance_id", id, "ping_status", string(ii.PingStatus))
-				return
-			}
-		}
+	}
+	if ii != nil {
+		l.log.Debug("managed instance still registered", "step", "watch", "instance_id", id, "ping_status", string(ii.PingStatus))
+		return
 	}
 	l.mu.Lock()
 	l.gone = true

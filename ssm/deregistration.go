@@ -42,7 +42,7 @@ const DeregisterFloor = 2500 * time.Millisecond
 func (l *Lifecycle) Deregister(ctx context.Context) error {
 	ids := l.ownInstances()
 	l.mu.Lock()
-	act, lookup := l.act, !l.confirmed && l.registering && l.act != nil && l.act.id != ""
+	act, lookup := l.act, l.instanceID == "" && l.registering && l.act != nil && l.act.id != ""
 	l.mu.Unlock()
 	if len(ids) == 0 && !lookup {
 		l.log.Info("nothing to deregister", "step", "deregister")

@@ -46,18 +46,18 @@ type Lifecycle struct {
 	// reached: the activation (nil until CreateActivation was tried, or
 	// when it was refused outright), its deletes still to do, whether its
 	// duplicates were looked for, the instances it registered or may have
-	// (ids; confirmed when the registration was checked, so the activation,
-	// limited to one, registered nothing else), whether a register process
-	// ran (then the registration file is this run's) and what is done.
+	// (ids; instanceID once the registration was checked, so the
+	// activation, limited to one, registered nothing else), whether a
+	// register process ran (then the registration file is this run's) and
+	// what is done.
 	act                *activation
 	pendingActivations []string
 	duplicatesSwept    bool
 	ids                []string
-	confirmed          bool
 	registering        bool
 	deregistered       []string
 	refusedIDs         []string // deregistration refused (access denied): not retried
-	instanceID         string   // the confirmed instance
+	instanceID         string   // the confirmed instance; "" until then
 
 	// The running child: the register process during registration, then
 	// the agent.

@@ -747,7 +747,7 @@ func TestDeregister(t *testing.T) {
 			if tt.fails != 0 {
 				h.srv.Inject("DeregisterManagedInstance", fakessm.Fault{Count: max(tt.fails, 0), Code: tt.code})
 			}
-			h.l.instanceID, h.l.ids, h.l.confirmed, h.l.registering = id, []string{id}, true, true
+			h.l.instanceID, h.l.ids, h.l.registering = id, []string{id}, true
 			p := filepath.Join(h.root, RegistrationFile)
 			os.MkdirAll(filepath.Dir(p), 0o755)
 			os.WriteFile(p, []byte(`{"ManagedInstanceID":"`+id+`","Region":"us-east-1"}`), 0o600)

@@ -138,7 +138,7 @@ func (l *Lifecycle) registerOnce(ctx context.Context, act *activation) (string, 
 		return "", fmt.Errorf("ssm: register: registration file names region %q, want %q", reg.Region, l.cfg.Region)
 	}
 	l.mu.Lock()
-	l.instanceID, l.confirmed = reported, true
+	l.instanceID = reported
 	l.mu.Unlock()
 	return reported, nil
 }

@@ -196,15 +196,15 @@ const maxDuplicatePages = 20
 // have created one nobody saw. Only this run's unused activations are
 // deleted: same DefaultInstanceName, same Description (it carries the run
 // id), on ECS our task ARN in TagTaskARN, no registration, created at or
-// after the call started (minus duplicateSkew). It runs once per start: a
-// sweep that ended other than by ctx is not repeated (but see
-// tidyActivations). It returns how many it found. Failures are warnings: a
+// after the call started (minus duplicateSkew). Start runs it once;
+// tidyActivations again only when that one did not finish (and once more
+// late, for a CreateActivation cut short). It returns how many it found. Failures are warnings: a
 // duplicate left behind expires after ActivationTTL.
 func (l *Lifecycle) sweepDuplicates(ctx context.Context) int {
 	l.mu.Lock()
-	act, done := l.act, l.duplicatesSwept
+	act := l.act
 	l.mu.Unlock()
-	if act == nil || done || ctx.Err() != nil {
+	if act == nil || ctx.Err() != nil {
 		return 0
 	}
 	var dups []string

@@ -203,13 +203,13 @@ func (l *Lifecycle) tidyActivations(ctx context.Context) {
 	if act == nil {
 		return
 	}
-	found := l.sweepDuplicates(ctx)
+	found := 0
+	if !swept {
+		found = l.sweepDuplicates(ctx)
+	}
 	unanswered := act.id == ""
 	if unanswered && found == 0 && !swept {
 		if d, ok := ctx.Deadline(); ok && sleepCtx(ctx, time.Until(d.Add(-lateCheckMargin))) == nil {
-			l.mu.Lock()
-			l.duplicatesSwept = false
-			l.mu.Unlock()
 			l.log.Info("looking again for an activation the cut CreateActivation may have created", "step", "deregister")
 			found = l.sweepDuplicates(ctx)
 		}

@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/test/harness"
 )
 
@@ -48,20 +48,6 @@ func readmeDockerBlock(t *testing.T) string {
 	return block
 }
 
-// cli runs the docker CLI with a deadline and returns its trimmed stdout.
-func cli(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, "docker", args...)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("docker %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return strings.TrimSpace(out.String()), nil
-}
-
 // TestReadmeDocker runs the README's Docker section as written, with a
 // fresh home directory holding only the user's key: it builds the FROM
 // scratch image without a registry, makes the host key file and starts the
@@ -84,7 +70,7 @@ func TestReadmeDocker(t *testing.T) {
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 	// A container left by a killed run of this test would hold the name.
-	cli(t, "rm", "-f", "bastion-local")
+	docker("rm", "-f", "bastion-local")
 
 	home := t.TempDir()
 	if err := os.Mkdir(filepath.Join(home, ".ssh"), 0o700); err != nil {
@@ -109,8 +95,8 @@ func TestReadmeDocker(t *testing.T) {
 	sh.Env = env
 	out, err := sh.CombinedOutput()
 	t.Cleanup(func() {
-		cli(t, "rm", "-f", "bastion-local")
-		cli(t, "rmi", "bastion-local")
+		docker("rm", "-f", "bastion-local")
+		docker("rmi", "bastion-local")
 	})
 	if err != nil {
 		t.Fatalf("the README's Docker block failed: %v\n%s", err, out)
@@ -134,27 +120,28 @@ func TestReadmeDocker(t *testing.T) {
 
 	// Logs and the exit code are read while the container lives (--rm).
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	logs := exec.CommandContext(ctx, "docker", "logs", "-f", "bastion-local")
-	logBuf := &lockedBuffer{}
+	logBuf := &logtest.Buffer{}
 	logs.Stdout, logs.Stderr = logBuf, logBuf
 	if err := logs.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer logs.Wait()
 	wait := exec.CommandContext(ctx, "docker", "wait", "bastion-local")
 	var waitOut bytes.Buffer
 	wait.Stdout = &waitOut
 	if err := wait.Start(); err != nil {
+		cancel()
+		logs.Wait()
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logBuf.String(), `"msg":"bastion started"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the container did not start the bastion:\n%s", logBuf.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	// On a failure the container still runs (it is removed by the cleanup,
+	// after this): end both followers first, or waiting on them hangs.
+	defer func() {
+		cancel()
+		logs.Wait()
+		wait.Wait()
+	}()
+	logBuf.WaitFor(t, 30*time.Second, "bastion started", nil)
 
 	// A tunnel destination in another container on the same default
 	// network, as a user's service would be.
@@ -166,18 +153,9 @@ func TestReadmeDocker(t *testing.T) {
 		t.Fatalf("go build hashsvc: %v\n%s", err, b)
 	}
 	os.WriteFile(filepath.Join(pctx, "Dockerfile"), []byte("FROM scratch\nCOPY hashsvc /\nENTRYPOINT [\"/hashsvc\"]\n"), 0o644)
-	img, err := cli(t, "build", "-q", pctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = img[strings.LastIndex(img, "\n")+1:]
-	t.Cleanup(func() { cli(t, "rmi", "-f", img) })
-	svc, err := cli(t, "run", "-d", "--rm", img, "-addr", ":9000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli(t, "rm", "-f", svc) })
-	svcIP, err := cli(t, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", svc)
+	img := buildImage(t, pctx, fmt.Sprintf("bastion-readme-hashsvc:%d", os.Getpid()))
+	svc := run(t, "--rm", img, "-addr", ":9000")
+	svcIP, err := docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", svc)
 	if err != nil || svcIP == "" {
 		t.Fatalf("service container address %q: %v", svcIP, err)
 	}
@@ -203,9 +181,7 @@ func TestReadmeDocker(t *testing.T) {
 		t.Fatalf("sha256 through the tunnel %q, want %q", got, want)
 	}
 
-	if _, err := cli(t, "stop", "bastion-local"); err != nil {
-		t.Fatal(err)
-	}
+	mustDocker(t, "stop", "bastion-local")
 	if err := wait.Wait(); err != nil {
 		t.Fatalf("docker wait: %v", err)
 	}
@@ -217,22 +193,4 @@ func TestReadmeDocker(t *testing.T) {
 			t.Errorf("container log lacks %s:\n%s", want, logBuf.String())
 		}
 	}
-}
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

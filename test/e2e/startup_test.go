@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"net"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/logtest"
 	"github.com/bastion-dev/bastion/test/harness"
 )
 
@@ -131,50 +131,24 @@ func TestLogFormatText(t *testing.T) {
 		"BASTION_LOG_FORMAT":                "text",
 		"BASTION_ALOW":                      "10.0.0.0/8",
 	})
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Stdout only: it must be all text lines. exec copies it into out
+	// before Wait returns, so nothing written before the exit is lost.
+	out := &logtest.Buffer{}
+	cmd.Stdout = out
 	p := harness.Start(t, cmd)
-	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	var all []string
-	next := func() (string, bool) {
+	waitUntil(t, "bastion started", 20*time.Second, func() bool {
 		select {
-		case l, ok := <-lines:
-			if ok {
-				all = append(all, l)
-			}
-			return l, ok
-		case <-time.After(20 * time.Second):
-			t.Fatalf("no log line within 20 s; so far:\n%s", strings.Join(all, "\n"))
-			return "", false
+		case <-p.Done():
+			t.Fatalf("exited before starting:\n%s", out.String())
+		default:
 		}
-	}
-	for {
-		l, ok := next()
-		if !ok {
-			t.Fatalf("exited before starting:\n%s", strings.Join(all, "\n"))
-		}
-		if strings.Contains(l, `msg="bastion started"`) {
-			break
-		}
-	}
+		return strings.Contains(out.String(), `msg="bastion started"`)
+	})
 	p.Signal(syscall.SIGTERM)
-	for {
-		if _, ok := next(); !ok {
-			break
-		}
-	}
 	if code := p.Wait(20 * time.Second); code != 0 {
-		t.Fatalf("exit %d after SIGTERM:\n%s", code, strings.Join(all, "\n"))
+		t.Fatalf("exit %d after SIGTERM:\n%s", code, out.String())
 	}
+	all := strings.Split(strings.TrimSpace(out.String()), "\n")
 	text := strings.Join(all, "\n")
 	for _, l := range all {
 		if !strings.HasPrefix(l, "time=") || !strings.Contains(l, " level=") || !strings.Contains(l, " msg=") {

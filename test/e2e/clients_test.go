@@ -7,18 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/bastion-dev/bastion/test/harness"
-)
-
-var (
-	libssh2Once sync.Once
-	libssh2Bin  string
-	libssh2Err  error
-	libssh2Out  []byte
 )
 
 // libssh2Client compiles test/clients/libssh2_echo.c once per test run:
@@ -27,20 +19,9 @@ var (
 func libssh2Client(t *testing.T) string {
 	t.Helper()
 	harness.RequireTools(t, "gcc")
-	libssh2Once.Do(func() {
-		dir, err := exec.Command("mktemp", "-d").Output()
-		if err != nil {
-			libssh2Err = err
-			return
-		}
-		libssh2Bin = filepath.Join(string(dir[:len(dir)-1]), "libssh2_echo")
-		src := filepath.Join(harness.ModuleRoot(t), "test", "clients", "libssh2_echo.c")
-		libssh2Out, libssh2Err = exec.Command("gcc", "-O1", "-o", libssh2Bin, src, "-lssh2").CombinedOutput()
+	return harness.BuildTool(t, "libssh2_echo", func(out string) *exec.Cmd {
+		return exec.Command("gcc", "-O1", "-o", out, filepath.Join("test", "clients", "libssh2_echo.c"), "-lssh2")
 	})
-	if libssh2Err != nil {
-		t.Fatalf("building the libssh2 client (needs gcc and libssh2-1-dev): %v\n%s", libssh2Err, libssh2Out)
-	}
-	return libssh2Bin
 }
 
 // clientKey is one user key in the formats the clients read.

@@ -137,27 +137,13 @@ func sinkNeverReads(t *testing.T) net.Listener {
 	return ln
 }
 
-var (
-	floodOnce sync.Once
-	floodBin  string
-	floodErr  error
-)
-
 func tunnelflood(t *testing.T) string {
 	t.Helper()
-	floodOnce.Do(func() {
-		floodBin = filepath.Join(os.TempDir(), fmt.Sprintf("tunnelflood-%d", os.Getpid()))
-		cmd := exec.Command("go", "build", "-o", floodBin, "./test/tunnelflood")
-		cmd.Dir = harness.ModuleRoot(t)
+	return harness.BuildTool(t, "tunnelflood", func(out string) *exec.Cmd {
+		cmd := exec.Command("go", "build", "-o", out, "./test/tunnelflood")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			floodErr = fmt.Errorf("%v\n%s", err, out)
-		}
+		return cmd
 	})
-	if floodErr != nil {
-		t.Fatalf("build tunnelflood: %v", floodErr)
-	}
-	return floodBin
 }
 
 type flood struct {

@@ -89,10 +89,59 @@ func Build(t testing.TB) (bastion, fakeAgentDir string) {
 	return filepath.Join(buildDir, "bastion"), filepath.Join(buildDir, "agent")
 }
 
-// Cleanup removes the build directory; call from TestMain.
+// tools are helper programs the tests build once per test process.
+var (
+	toolsMu  sync.Mutex
+	toolsDir string
+	tools    = map[string]*tool{}
+)
+
+type tool struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BuildTool builds a helper program once per test process, under a
+// directory Cleanup removes: build returns the command that writes it to
+// out (run from the module root). The test fails with build's output if it
+// fails.
+func BuildTool(t testing.TB, name string, build func(out string) *exec.Cmd) string {
+	t.Helper()
+	toolsMu.Lock()
+	if toolsDir == "" {
+		dir, err := os.MkdirTemp("", "bastion-tools-")
+		if err != nil {
+			toolsMu.Unlock()
+			t.Fatal(err)
+		}
+		toolsDir = dir
+	}
+	tl := tools[name]
+	if tl == nil {
+		tl = &tool{path: filepath.Join(toolsDir, name)}
+		tools[name] = tl
+	}
+	toolsMu.Unlock()
+	tl.once.Do(func() {
+		cmd := build(tl.path)
+		cmd.Dir = ModuleRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			tl.err = fmt.Errorf("build %s: %v\n%s", name, err, out)
+		}
+	})
+	if tl.err != nil {
+		t.Fatal(tl.err)
+	}
+	return tl.path
+}
+
+// Cleanup removes the build directories; call from TestMain.
 func Cleanup() {
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
+	for _, dir := range []string{buildDir, toolsDir} {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
 	}
 }
 

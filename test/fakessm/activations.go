@@ -62,29 +62,17 @@ func (s *Server) describeActivations(c *fakeaws.Call) (any, *fakeaws.Error) {
 		}
 	}
 	sort.Slice(matched, func(i, j int) bool { return activationBefore(matched[i], matched[j]) })
-	// The token is opaque to clients; it carries the id to resume after.
-	start := 0
-	if in.NextToken != nil {
-		after, err := decodeToken(*in.NextToken)
-		if err != nil {
-			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
-		}
-		last, ok := s.activations[after]
-		if !ok {
-			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
-		}
-		start = len(matched)
-		for i, a := range matched {
-			if activationBefore(last, a) {
-				start = i
-				break
-			}
-		}
+	items, next, perr := page(matched, in.NextToken, limit, func(a *Activation) string { return a.ActivationID },
+		func(last string) (func(*Activation) bool, bool) {
+			l, ok := s.activations[last]
+			return func(a *Activation) bool { return activationBefore(l, a) }, ok
+		})
+	if perr != nil {
+		return nil, perr
 	}
-	end := min(start+limit, len(matched))
 	now := s.opts.Clock()
-	list := make([]map[string]any, 0, end-start)
-	for _, a := range matched[start:end] {
+	list := make([]map[string]any, 0, len(items))
+	for _, a := range items {
 		m := map[string]any{
 			"ActivationId":       a.ActivationID,
 			"IamRole":            a.IamRole,
@@ -104,8 +92,8 @@ func (s *Server) describeActivations(c *fakeaws.Call) (any, *fakeaws.Error) {
 		list = append(list, m)
 	}
 	out := map[string]any{"ActivationList": list}
-	if end < len(matched) {
-		out["NextToken"] = encodeToken(matched[end-1].ActivationID)
+	if next != "" {
+		out["NextToken"] = next
 	}
 	return out, nil
 }

@@ -109,31 +109,53 @@ func (s *Server) describeInstanceInformation(c *fakeaws.Call) (any, *fakeaws.Err
 			matched = append(matched, inst)
 		}
 	}
-	// The token is opaque to clients; it carries the id to resume after.
-	start := 0
-	if in.NextToken != nil {
-		after, err := decodeToken(*in.NextToken)
-		if err != nil {
-			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
-		}
-		start = len(matched)
-		for i, inst := range matched {
-			if inst.InstanceID > after {
-				start = i
-				break
-			}
-		}
+	items, next, perr := page(matched, in.NextToken, limit, func(inst *Instance) string { return inst.InstanceID },
+		func(last string) (func(*Instance) bool, bool) {
+			return func(inst *Instance) bool { return inst.InstanceID > last }, true
+		})
+	if perr != nil {
+		return nil, perr
 	}
-	end := min(start+limit, len(matched))
-	list := make([]map[string]any, 0, end-start)
-	for _, inst := range matched[start:end] {
+	list := make([]map[string]any, 0, len(items))
+	for _, inst := range items {
 		list = append(list, s.infoJSON(inst))
 	}
 	out := map[string]any{"InstanceInformationList": list}
-	if end < len(matched) {
-		out["NextToken"] = encodeToken(matched[end-1].InstanceID)
+	if next != "" {
+		out["NextToken"] = next
 	}
 	return out, nil
+}
+
+// page cuts the next page of at most limit items out of matched, which is
+// in the order pages follow. The token is opaque to clients; it carries the
+// key of the last item served, and the page resumes at the first item that
+// comes after that one, so an item that left the list between two calls
+// makes none skipped. resume gives that test for a token's key, or false
+// for a key the service could not have issued. next is "" on the last page.
+func page[T any](matched []T, token *string, limit int, key func(T) string,
+	resume func(last string) (after func(T) bool, ok bool)) (items []T, next string, err *fakeaws.Error) {
+	start := 0
+	if token != nil {
+		last, derr := decodeToken(*token)
+		var after func(T) bool
+		ok := derr == nil
+		if ok {
+			after, ok = resume(last)
+		}
+		if !ok {
+			return nil, "", badRequest("InvalidNextToken", "The specified token isn't valid.")
+		}
+		start = len(matched)
+		if i := slices.IndexFunc(matched, after); i >= 0 {
+			start = i
+		}
+	}
+	end := min(start+limit, len(matched))
+	if end < len(matched) {
+		next = encodeToken(key(matched[end-1]))
+	}
+	return matched[start:end], next, nil
 }
 
 func (s *Server) matches(inst *Instance, filters []filter) bool {

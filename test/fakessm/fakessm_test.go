@@ -777,6 +777,21 @@ func TestDescribeSessions(t *testing.T) {
 	if n != 26 || calls != 3 {
 		t.Fatalf("%d sessions in %d pages, want 26 in 3", n, calls)
 	}
+	// A session that ends between two pages skips none of the others.
+	first, err := c.DescribeSessions(ctx, &ssm.DescribeSessionsInput{State: types.SessionStateActive, MaxResults: aws.Int32(10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EndSession(aws.ToString(first.Sessions[len(first.Sessions)-1].SessionId)); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := c.DescribeSessions(ctx, &ssm.DescribeSessionsInput{State: types.SessionStateActive, MaxResults: aws.Int32(20), NextToken: first.NextToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest.Sessions) != 16 {
+		t.Fatalf("after a session on the first page ended: %d on the next, want the other 16", len(rest.Sessions))
+	}
 	if n := len(srv.Snapshot().Sessions); n != 27 {
 		t.Fatalf("state sessions %d", n)
 	}

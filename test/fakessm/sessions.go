@@ -108,13 +108,16 @@ func (s *Server) sortedSessions() []Session {
 	for _, se := range s.sessions {
 		out = append(out, *se)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].StartDate.Equal(out[j].StartDate) {
-			return out[i].StartDate.Before(out[j].StartDate)
-		}
-		return out[i].SessionID < out[j].SessionID
-	})
+	sort.Slice(out, func(i, j int) bool { return sessionBefore(&out[i], &out[j]) })
 	return out
+}
+
+// sessionBefore is the order sessions are listed in: oldest first.
+func sessionBefore(a, b *Session) bool {
+	if !a.StartDate.Equal(b.StartDate) {
+		return a.StartDate.Before(b.StartDate)
+	}
+	return a.SessionID < b.SessionID
 }
 
 // describeSessions lists the sessions of State (Active or History) that
@@ -179,23 +182,16 @@ func (s *Server) describeSessions(c *fakeaws.Call) (any, *fakeaws.Error) {
 			matched = append(matched, se)
 		}
 	}
-	start := 0
-	if in.NextToken != nil {
-		after, err := decodeToken(*in.NextToken)
-		if err != nil {
-			return nil, badRequest("InvalidNextToken", "The specified token isn't valid.")
-		}
-		start = len(matched)
-		for i, se := range matched {
-			if se.SessionID == after {
-				start = i + 1
-				break
-			}
-		}
+	items, next, perr := page(matched, in.NextToken, limit, func(se Session) string { return se.SessionID },
+		func(last string) (func(Session) bool, bool) {
+			l, ok := s.sessions[last] // sessions are never removed
+			return func(se Session) bool { return sessionBefore(l, &se) }, ok
+		})
+	if perr != nil {
+		return nil, perr
 	}
-	end := min(start+limit, len(matched))
-	list := make([]map[string]any, 0, end-start)
-	for _, se := range matched[start:end] {
+	list := make([]map[string]any, 0, len(items))
+	for _, se := range items {
 		m := map[string]any{
 			"SessionId": se.SessionID, "Target": se.Target, "Status": se.Status, "StartDate": fakeaws.Epoch(se.StartDate),
 			"DocumentName": se.DocumentName, "Owner": se.Owner, "AccessType": se.AccessType,
@@ -211,8 +207,8 @@ func (s *Server) describeSessions(c *fakeaws.Call) (any, *fakeaws.Error) {
 		list = append(list, m)
 	}
 	out := map[string]any{"Sessions": list}
-	if end < len(matched) {
-		out["NextToken"] = encodeToken(matched[end-1].SessionID)
+	if next != "" {
+		out["NextToken"] = next
 	}
 	return out, nil
 }

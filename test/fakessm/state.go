@@ -84,12 +84,7 @@ func (s *Server) Activations() []Activation {
 			out = append(out, c)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedDate.Equal(out[j].CreatedDate) {
-			return out[i].CreatedDate.Before(out[j].CreatedDate)
-		}
-		return out[i].ActivationID < out[j].ActivationID
-	})
+	sort.Slice(out, func(i, j int) bool { return activationBefore(&out[i], &out[j]) })
 	return out
 }
 

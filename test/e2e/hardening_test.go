@@ -197,10 +197,9 @@ func TestUserChangeDisconnects(t *testing.T) {
 	// Both connections' stories are complete once each has its closing
 	// line and the one tunnel its line.
 	b.Log.WaitFor(t, 10*time.Second, "tunnel", nil)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(b.Log.Find("connection closed", nil)) < 2 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitUntil(t, "both connections' closing lines", 10*time.Second, func() bool {
+		return len(b.Log.Find("connection closed", nil)) >= 2
+	})
 	if n := len(b.Log.Find("auth", map[string]string{"result": "accepted"})); n != 1 {
 		t.Errorf("%d accepted auth lines, want 1 (the unchanged name):\n%s", n, b.Log.String())
 	}

@@ -260,11 +260,8 @@ func TestSSMSessionFlood(t *testing.T) {
 	if r := w.sshVia(t, w.proxyCommand(w.worker, other), echo.Addr().String(), "during the flood\n"); r.code != 0 || r.stdout != "during the flood\n" {
 		t.Errorf("another session during the flood: %+v", r)
 	}
-	bin, _ := harness.Build(t)
-	hc := exec.Command("nsenter", "-t", fmt.Sprint(w.b.Pid), "-p", "-m", "--", "env",
-		"BASTION_SSH_ADDR="+w.b.Addr, "INSTANCE_IAM_ROLE=bastion-agent", "AWS_REGION="+fakessm.DefaultRegion, bin, "healthcheck")
-	if out, err := hc.CombinedOutput(); err != nil {
-		t.Errorf("healthcheck during the flood: %v\n%s", err, out)
+	if code, out := healthcheck(t, w.b); code != 0 {
+		t.Errorf("healthcheck during the flood: exit %d\n%s", code, out)
 	}
 	w.b.Log.WaitFor(t, 30*time.Second, "connection refused", map[string]string{"source": "ssm-session " + flooder})
 	w.b.Log.WaitFor(t, 30*time.Second, "connection refused", map[string]string{"source": "127.0.0.1"})
@@ -300,7 +297,10 @@ func TestSessionNotifications(t *testing.T) {
 	if strings.Contains(w.b.Log.String(), hook.Token) {
 		t.Error("the webhook URL's secret appears in the log")
 	}
-	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", w.b.Pid))
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", w.b.Pid))
+	if err != nil || !strings.Contains(string(environ), "BASTION_SSH_ADDR=") {
+		t.Fatalf("read the bastion's environ: %v %q", err, environ)
+	}
 	if strings.Contains(string(environ), hook.Token) {
 		t.Error("the webhook URL is in /proc/1/environ")
 	}
@@ -332,9 +332,13 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ch.Write([]byte("x"))
 		buf := make([]byte, 1)
-		ch.Read(buf)
+		if _, err := ch.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(ch, buf); err != nil || buf[0] != 'x' {
+			t.Fatalf("echo through the tunnel: %q %v", buf, err)
+		}
 		d := time.Since(start)
 		c.Close()
 		return d

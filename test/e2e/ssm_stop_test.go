@@ -536,7 +536,10 @@ func TestSSMAgentWithoutStaticCredentials(t *testing.T) {
 	if !ok {
 		t.Fatal("agent not running")
 	}
-	environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", agent.pid))
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", agent.pid))
+	if err != nil || !strings.Contains(string(environ), "PATH=") {
+		t.Fatalf("read the agent's environ: %v %q", err, environ)
+	}
 	for _, name := range names {
 		if strings.Contains(string(environ), name+"=") {
 			t.Fatalf("agent environment has %s", name)

@@ -23,9 +23,20 @@ var netnsSeq atomic.Int32
 // for another host of the VPC.
 func peerNetns(t *testing.T, localCIDR, peerCIDR string) (name, script string) {
 	t.Helper()
+	name = newNetns(t)
+	script = fmt.Sprintf("ip link set lo up; ip link add veth0 type veth peer name veth1 netns %[1]s; "+
+		"ip addr add %[2]s dev veth0; ip link set veth0 up; "+
+		"ip -n %[1]s addr add %[3]s dev veth1; ip -n %[1]s link set veth1 up; ", name, localCIDR, peerCIDR)
+	return name, script
+}
+
+// newNetns makes a named network namespace with loopback up, removed at
+// cleanup, and returns its name.
+func newNetns(t *testing.T) string {
+	t.Helper()
 	harness.RequireRoot(t)
 	harness.RequireTools(t, "ip")
-	name = fmt.Sprintf("bastion-e2e-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	name := fmt.Sprintf("bastion-e2e-%d-%d", os.Getpid(), netnsSeq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}
@@ -33,10 +44,7 @@ func peerNetns(t *testing.T, localCIDR, peerCIDR string) (name, script string) {
 	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("ip link set lo up: %v %s", err, out)
 	}
-	script = fmt.Sprintf("ip link set lo up; ip link add veth0 type veth peer name veth1 netns %[1]s; "+
-		"ip addr add %[2]s dev veth0; ip link set veth0 up; "+
-		"ip -n %[1]s addr add %[3]s dev veth1; ip -n %[1]s link set veth1 up; ", name, localCIDR, peerCIDR)
-	return name, script
+	return name
 }
 
 // listenInNetnsPath opens a TCP listener inside the network namespace at

@@ -227,14 +227,7 @@ func TestReadmeTryLocally(t *testing.T) {
 
 	// The machine: a network namespace with loopback, and the OpenSSH
 	// server the section asks for on 127.0.0.1:22, taking the user's key.
-	ns := fmt.Sprintf("bastion-e2e-try-%d-%d", os.Getpid(), netnsSeq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %v %s", err, out)
-	}
+	ns := newNetns(t)
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -248,12 +241,8 @@ func TestReadmeTryLocally(t *testing.T) {
 		"UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
 		targetKey.Path, authorized)), 0o600)
 	sshd := harness.Start(t, exec.Command("ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f", sshdConfig))
-	for !strings.Contains(sshd.Log.String(), "Server listening on 127.0.0.1 port 22.") {
-		select {
-		case <-sshd.Done():
-			t.Fatalf("sshd on 127.0.0.1:22 exited:\n%s", sshd.Log.String())
-		case <-time.After(20 * time.Millisecond):
-		}
+	if !harness.WaitSSHDListening(t, sshd, 22) {
+		t.Fatalf("sshd on 127.0.0.1:22 exited:\n%s", sshd.Log.String())
 	}
 
 	// step runs a README block as the user, on that machine.

@@ -107,7 +107,7 @@ LogLevel VERBOSE
 			t.Fatal(err)
 		}
 		p := Start(t, exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfgPath))
-		if waitSSHDListening(t, p, port) {
+		if WaitSSHDListening(t, p, port) {
 			return &Target{Port: port, HostKey: hk, Proc: p}
 		}
 		if attempt == 5 || !strings.Contains(p.Log.String(), "Address already in use") {
@@ -116,9 +116,9 @@ LogLevel VERBOSE
 	}
 }
 
-// waitSSHDListening waits for sshd's "Server listening" line for port; it
-// returns false if sshd exits first.
-func waitSSHDListening(t testing.TB, p *Proc, port int) bool {
+// WaitSSHDListening waits (10 s at most) for sshd's "Server listening" line
+// for 127.0.0.1:port; it returns false if sshd exits first.
+func WaitSSHDListening(t testing.TB, p *Proc, port int) bool {
 	t.Helper()
 	listening := fmt.Sprintf("Server listening on 127.0.0.1 port %d.", port)
 	deadline := time.Now().Add(10 * time.Second)

@@ -1,9 +1,7 @@
 package authkeys
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
 	"reflect"
 	"slices"
 
@@ -35,24 +33,12 @@ func parse(decode func(name, value string) ([]byte, error), variable string, r r
 		return nil, &RejectError{Err: errNoText}
 	}
 	text, err := decode(variable, string(r.content))
-	if err != nil {
-		// The decoder recognises text by its first key line, so a text
-		// version whose first key line is broken comes back as "neither
-		// base64 nor text"; read as text, the parser names that line.
-		var le *sshd.LineError
-		if _, perr := sshd.ParseAuthorizedKeys(r.content); errors.As(perr, &le) {
-			return nil, &RejectError{Line: le.Line, Err: fmt.Errorf("%w; read as text, %w", err, le)}
-		}
-		return nil, &RejectError{Err: err}
+	var keys []sshd.AuthorizedKey
+	if err == nil {
+		keys, err = sshd.ParseAuthorizedKeys(text)
 	}
-	if bytes.Equal(text, bytes.TrimSpace(r.content)) {
-		// Taken as text: parse it as written, so that line numbers count
-		// the leading blank lines the decoder trimmed.
-		text = r.content
-	}
-	keys, err := sshd.ParseAuthorizedKeys(text)
 	if err != nil {
-		var le *sshd.LineError
+		var le *sshd.LineError // a bad line, found by the decoder or the parser
 		if errors.As(err, &le) {
 			return nil, &RejectError{Line: le.Line, Err: err}
 		}

@@ -3,10 +3,13 @@ package entrypoint
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-dev/bastion/sshd"
 )
 
 var encodings = []*base64.Encoding{
@@ -20,11 +23,18 @@ var encodings = []*base64.Encoding{
 type keyFormat struct {
 	recognise func([]byte) bool
 	public    bool
+	// list: an authorized_keys file, whose parser numbers its lines. Its
+	// text comes back as written (or as the base64 decodes), leading blank
+	// lines kept, so that a line number is the line the user sees; and a
+	// value that is neither base64 nor recognised is read as text, so that
+	// the error names its bad line.
+	list bool
 }
 
 var (
-	publicKeys = keyFormat{recognise: isAuthorizedKeysText, public: true}
-	privateKey = keyFormat{recognise: isPEMText}
+	authorizedKeys = keyFormat{recognise: isAuthorizedKeysText, public: true, list: true}
+	publicKey      = keyFormat{recognise: isAuthorizedKeysText, public: true}
+	privateKey     = keyFormat{recognise: isPEMText}
 )
 
 // decodeText turns a key variable's value into key text. Plain text is
@@ -43,24 +53,32 @@ func decodeText(name, value string, f keyFormat, strict bool) ([]byte, error) {
 	if err := wrongKind(name, f, trimmed); err != nil {
 		return nil, err
 	}
-	text := trimmed
+	text, written := trimmed, []byte(value)
 	if !f.recognise(trimmed) {
 		decoded, ok := decodeBase64(value)
 		if !ok {
+			var le *sshd.LineError
+			if _, err := sshd.ParseAuthorizedKeys(written); f.list && errors.As(err, &le) {
+				return nil, fmt.Errorf("entrypoint: %s: neither base64 (standard or URL-safe) nor key text; read as text, %w", name, le)
+			}
 			return nil, fmt.Errorf("entrypoint: %s: neither base64 (standard or URL-safe) nor key text", name)
 		}
-		if err := wrongKind(name, f, decoded); err != nil {
+		written, text = decoded, bytes.TrimSpace(decoded)
+		if err := wrongKind(name, f, text); err != nil {
 			return nil, err
 		}
-		text = decoded
 	}
 	if strict && !f.recognise(text) {
 		return nil, fmt.Errorf("entrypoint: %s: decodes as base64 but not to the expected key format", name)
 	}
+	if f.list {
+		return written, nil
+	}
 	return text, nil
 }
 
-// decodeBase64 tries each encoding on value without its white space.
+// decodeBase64 tries each encoding on value without its white space, and
+// returns what it decodes to, untrimmed.
 func decodeBase64(value string) ([]byte, bool) {
 	compact := strings.Map(func(r rune) rune {
 		if r == ' ' || r == '\t' || r == '\n' || r == '\r' {
@@ -70,7 +88,7 @@ func decodeBase64(value string) ([]byte, bool) {
 	}, value)
 	for _, enc := range encodings {
 		if out, err := enc.DecodeString(compact); err == nil {
-			return bytes.TrimSpace(out), true
+			return out, true
 		}
 	}
 	return nil, false
@@ -155,9 +173,12 @@ func isAuthorizedKeysText(b []byte) bool {
 
 // DecodeAuthorizedKeys decodes an authorized_keys value exactly as
 // ROOT_PUBLIC_SSH_KEY_BASE64ENCODED is decoded: the text itself, or base64
-// of it. A bad line is left to sshd.ParseAuthorizedKeys, which names it.
-// Errors name name, never the value. cmd/bastion hands it to authkeys, so
-// the live sources read like the variable.
+// of it. A bad line is left to sshd.ParseAuthorizedKeys, which names it:
+// the text comes back as written (blank lines kept), so its line numbers
+// are the user's; a value that is neither text nor base64 has its bad line
+// named in the error (a *sshd.LineError inside). Errors name name, never
+// the value. cmd/bastion hands it to authkeys, so the live sources read
+// like the variable.
 func DecodeAuthorizedKeys(name, value string) ([]byte, error) {
-	return decodeText(name, value, publicKeys, false)
+	return decodeText(name, value, authorizedKeys, false)
 }

@@ -45,24 +45,27 @@ func TestDecodeText(t *testing.T) {
 	}{
 		{name: "plain PEM", value: pem, format: privateKey, want: strings.TrimSpace(pem)},
 		{name: "plain PEM with surrounding space", value: "\n  " + pem + "\n\n", format: privateKey, want: strings.TrimSpace(pem)},
-		{name: "plain authorized_keys", value: ak, format: publicKeys, want: strings.TrimSpace(ak)},
-		{name: "plain authorized_keys after comments", value: "# ops\n\n" + ak, format: publicKeys, want: strings.TrimSpace("# ops\n\n" + ak)},
+		{name: "plain authorized_keys", value: ak, format: publicKey, want: strings.TrimSpace(ak)},
+		{name: "plain authorized_keys after comments", value: "# ops\n\n" + ak, format: publicKey, want: strings.TrimSpace("# ops\n\n" + ak)},
 		{name: "std", value: std, format: privateKey, strict: true, want: strings.TrimSpace(pem)},
-		{name: "std raw", value: base64.RawStdEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
-		{name: "std padded", value: base64.StdEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
-		{name: "url", value: base64.URLEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
-		{name: "url raw", value: base64.RawURLEncoding.EncodeToString([]byte(odd)), format: publicKeys, want: strings.TrimSpace(odd)},
+		{name: "std raw", value: base64.RawStdEncoding.EncodeToString([]byte(odd)), format: publicKey, want: strings.TrimSpace(odd)},
+		{name: "std padded", value: base64.StdEncoding.EncodeToString([]byte(odd)), format: publicKey, want: strings.TrimSpace(odd)},
+		{name: "url", value: base64.URLEncoding.EncodeToString([]byte(odd)), format: publicKey, want: strings.TrimSpace(odd)},
+		{name: "url raw", value: base64.RawURLEncoding.EncodeToString([]byte(odd)), format: publicKey, want: strings.TrimSpace(odd)},
 		{name: "wrapped 64 LF", value: wrap(std, 64, "\n"), format: privateKey, strict: true, want: strings.TrimSpace(pem)},
 		{name: "wrapped 76 LF", value: wrap(std, 76, "\n"), format: privateKey, strict: true, want: strings.TrimSpace(pem)},
 		{name: "wrapped 64 CRLF", value: wrap(std, 64, "\r\n"), format: privateKey, strict: true, want: strings.TrimSpace(pem)},
 		{name: "wrapped 76 CRLF with trailing newline", value: wrap(std, 76, "\r\n") + "\r\n", format: privateKey, strict: true, want: strings.TrimSpace(pem)},
 		{name: "surrounding white space", value: " \t\n" + std + "\n\t ", format: privateKey, strict: true, want: strings.TrimSpace(pem)},
-		{name: "base64 of authorized_keys", value: base64.StdEncoding.EncodeToString([]byte(ak)), format: publicKeys, want: strings.TrimSpace(ak)},
-		{name: "non-strict passes unrecognised text on", value: base64.StdEncoding.EncodeToString([]byte("hello")), format: publicKeys, want: "hello"},
+		{name: "base64 of authorized_keys", value: base64.StdEncoding.EncodeToString([]byte(ak)), format: publicKey, want: strings.TrimSpace(ak)},
+		{name: "non-strict passes unrecognised text on", value: base64.StdEncoding.EncodeToString([]byte("hello")), format: publicKey, want: "hello"},
 		{name: "strict refuses unrecognised text", value: base64.StdEncoding.EncodeToString([]byte("hello")), format: privateKey, strict: true},
 		{name: "garbage", value: "not*base64!", format: privateKey},
-		{name: "garbage, lenient", value: "not*base64!", format: publicKeys},
+		{name: "garbage, lenient", value: "not*base64!", format: publicKey},
 		{name: "truncated base64", value: std[:len(std)-3] + "=", format: privateKey, strict: true},
+		{name: "authorized_keys list as written", value: "\n\n# ops\n" + ak, format: authorizedKeys, want: "\n\n# ops\n" + ak},
+		{name: "base64 of a list as it decodes", value: base64.StdEncoding.EncodeToString([]byte("\n" + ak)), format: authorizedKeys, want: "\n" + ak},
+		{name: "garbage list", value: "not*base64!", format: authorizedKeys},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,26 +125,35 @@ func FuzzDecodeText(f *testing.F) {
 		f.Add(s, true)
 	}
 	f.Fuzz(func(t *testing.T, value string, strict bool) {
-		out, err := decodeText("V", value, publicKeys, strict)
-		if err != nil {
-			if out != nil {
-				t.Fatal("output with an error")
+		for _, format := range []keyFormat{publicKey, authorizedKeys} {
+			out, err := decodeText("V", value, format, strict)
+			if err != nil {
+				if out != nil {
+					t.Fatal("output with an error")
+				}
+				if !strings.HasPrefix(err.Error(), "entrypoint: V: ") {
+					t.Fatalf("error %q does not name the variable", err)
+				}
+				continue
 			}
-			if !strings.HasPrefix(err.Error(), "entrypoint: V: ") {
-				t.Fatalf("error %q does not name the variable", err)
+			if strict && !isAuthorizedKeysText(out) {
+				t.Fatalf("strict decode returned unrecognised %q", out)
 			}
-			return
-		}
-		if strict && !isAuthorizedKeysText(out) {
-			t.Fatalf("strict decode returned unrecognised %q", out)
-		}
-		for _, m := range privateKeyMarkers {
-			if bytes.Contains(out, m) {
-				t.Fatalf("a private key passed as public keys: %q", out)
+			for _, m := range privateKeyMarkers {
+				if bytes.Contains(out, m) {
+					t.Fatalf("a private key passed as public keys: %q", out)
+				}
 			}
-		}
-		if !bytes.Equal(out, bytes.TrimSpace(out)) {
-			t.Fatalf("output %q not trimmed", out)
+			if !format.list {
+				if !bytes.Equal(out, bytes.TrimSpace(out)) {
+					t.Fatalf("output %q not trimmed", out)
+				}
+				continue
+			}
+			// A list comes back as written, or as its base64 decodes.
+			if decoded, ok := decodeBase64(value); string(out) != value && (!ok || !bytes.Equal(out, decoded)) {
+				t.Fatalf("list output %q is neither the value nor its decoding", out)
+			}
 		}
 	})
 }

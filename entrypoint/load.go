@@ -257,7 +257,7 @@ func (c *Config) decodeKeys(e *Env) error {
 	live := e.KeysSecret != "" || e.KeysFile != ""
 	switch {
 	case strings.TrimSpace(e.AuthorizedKeys) != "":
-		data, err := decodeText(authName, e.AuthorizedKeys, publicKeys, false)
+		data, err := DecodeAuthorizedKeys(authName, e.AuthorizedKeys)
 		if err != nil {
 			return err
 		}
@@ -296,7 +296,7 @@ func (c *Config) decodeKeys(e *Env) error {
 		return err
 	}
 	if strings.TrimSpace(e.HostPublicKey) != "" {
-		pubText, err := decodeText(pubName, e.HostPublicKey, publicKeys, true)
+		pubText, err := decodeText(pubName, e.HostPublicKey, publicKey, true)
 		if err != nil {
 			return err
 		}

@@ -88,10 +88,11 @@ func (w *Watcher) Start(ctx context.Context) ([]sshd.AuthorizedKey, string, erro
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.StartTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
-		if keys, version, ok := w.check(ctx); ok {
+		wait := w.backoff(attempt)
+		if keys, version, ok := w.check(ctx, func(int) time.Duration { return wait }); ok {
 			return keys, version, nil
 		}
-		t := time.NewTimer(w.backoff(attempt))
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -138,7 +139,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(keys []sshd.AuthorizedKey,
 			t.Stop() // Go 1.23 timers: Reset below discards a stale tick
 		case <-t.C:
 		}
-		if keys, version, ok := w.check(ctx); ok {
+		if keys, version, ok := w.check(ctx, w.backoff); ok {
 			apply(keys, version)
 		}
 		if ctx.Err() != nil {
@@ -186,8 +187,10 @@ func (w *Watcher) failureCount() int {
 }
 
 // check reads the source once and returns a version to apply: one that was
-// accepted and differs from the set in force.
-func (w *Watcher) check(ctx context.Context) ([]sshd.AuthorizedKey, string, bool) {
+// accepted and differs from the set in force. retryIn is the wait its
+// caller will make after a failure (given the failures so far), for the
+// log line.
+func (w *Watcher) check(ctx context.Context, retryIn func(failures int) time.Duration) ([]sshd.AuthorizedKey, string, bool) {
 	w.mu.Lock()
 	seen := w.seen
 	w.mu.Unlock()
@@ -203,7 +206,7 @@ func (w *Watcher) check(ctx context.Context) ([]sshd.AuthorizedKey, string, bool
 		n := w.failures
 		w.mu.Unlock()
 		w.log.Warn("authorized keys check failed; keeping the current set",
-			"error", err.Error(), "failures", n, "retry_in", w.backoff(n).String(), "version", w.Version())
+			"error", err.Error(), "failures", n, "retry_in", retryIn(n).String(), "version", w.Version())
 		return nil, "", false
 	}
 

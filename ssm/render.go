@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/template"
+
+	"github.com/bastion-dev/bastion/internal/atomicfile"
 )
 
 // seelogTemplate follows the agent's seelog_unix.xml: console output kept so
@@ -128,46 +128,6 @@ func RenderAgentConfig(region, ssmEndpoint string) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// writeFileAtomic replaces path with data: a temporary file in the same
-// directory is written, synced and renamed over path, then the directory is
-// synced. Missing directories are created.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
 // renderConfig writes the agent's seelog.xml and amazon-ssm-agent.json. It
 // runs before "-register", which reads Ssm.Endpoint too.
 func (l *Lifecycle) renderConfig() error {
@@ -179,10 +139,10 @@ func (l *Lifecycle) renderConfig() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(l.path(SeelogPath), seelog, 0o644); err != nil {
+	if err := atomicfile.Write(l.path(SeelogPath), seelog, 0o644); err != nil {
 		return fmt.Errorf("ssm: write seelog config: %w", err)
 	}
-	if err := writeFileAtomic(l.path(AgentConfigPath), agentCfg, 0o644); err != nil {
+	if err := atomicfile.Write(l.path(AgentConfigPath), agentCfg, 0o644); err != nil {
 		return fmt.Errorf("ssm: write agent config: %w", err)
 	}
 	l.log.Info("agent config rendered", "step", "config", "seelog", SeelogPath, "agent_config", AgentConfigPath,

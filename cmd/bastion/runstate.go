@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+
+	"github.com/bastion-dev/bastion/internal/atomicfile"
 )
 
 // runState is what a running bastion publishes for `bastion healthcheck`:
@@ -31,24 +32,13 @@ func writeRunState(st runState) (string, error) {
 	}
 	var errs []error
 	for _, path := range runStateFiles {
-		if err := writeFileAtomic(path, data); err != nil {
+		if err := atomicfile.Write(path, data, 0o644); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		return path, nil
 	}
 	return "", fmt.Errorf("run state for the healthcheck: %w", errors.Join(errs...))
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // readRunState reads the first state file present.

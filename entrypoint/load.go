@@ -206,13 +206,38 @@ func (c *Config) validate(e *Env) error {
 			return fmt.Errorf("entrypoint: BASTION_STOP_TIMEOUT: must be at least %v with SSM on: the stop needs that to deregister the managed instance, sweep processes and exit before ECS's SIGKILL", MinStopTimeoutSSM)
 		}
 		// The service's rules have one home, in ssm.
-		sc := ssm.Config{Region: e.Region, IAMRole: e.InstanceIAMRole, InstanceName: e.InstanceName, LogGroup: e.LogGroup,
-			Tags: tags, OrphanAfter: e.OrphanAfter}
-		if err := sc.Validate(); err != nil {
+		if err := ssmConfig(e, tags).Validate(); err != nil {
 			return fmt.Errorf("entrypoint: %w", err)
 		}
 	}
 	return nil
+}
+
+// SSMConfig is the SSM lifecycle's part of the configuration.
+func (c *Config) SSMConfig() ssm.Config { return ssmConfig(&c.Env, c.SSMTags) }
+
+func ssmConfig(e *Env, tags map[string]string) ssm.Config {
+	endpoint := e.EndpointSSM
+	if endpoint == "" {
+		endpoint = e.Endpoint
+	}
+	scfg := ssm.DefaultConfig()
+	scfg.Region = e.Region
+	scfg.IAMRole = e.InstanceIAMRole
+	scfg.InstanceName = e.InstanceName
+	scfg.LogGroup = e.LogGroup
+	scfg.Tags = tags
+	scfg.RequireAdvancedTier = e.RequireAdvancedTier
+	scfg.OrphanSweep = e.OrphanSweep
+	scfg.OrphanAfter = e.OrphanAfter
+	scfg.ReadyTimeout = e.ReadyTimeout
+	scfg.Endpoint = endpoint
+	scfg.MetadataURI = e.MetadataURI
+	scfg.Restarts = e.AgentRestarts
+	if e.AgentRestarts == 0 {
+		scfg.Restarts = -1 // ssm: negative = never restart
+	}
+	return scfg
 }
 
 // hostEntries lists BASTION_ALLOW's host-name entries, comma-separated.

@@ -330,7 +330,7 @@ func listenError(addr string, err error) error {
 func (b *bastion) peers() *peers {
 	agent := ""
 	if b.cfg.SSM {
-		if p, err := exec.LookPath(ssm.DefaultAgentPath); err == nil {
+		if p, err := exec.LookPath(b.cfg.SSMConfig().AgentPath); err == nil { // as Lifecycle.Start finds it
 			if real, err := filepath.EvalSymlinks(p); err == nil {
 				p = real
 			}
@@ -564,7 +564,7 @@ func (s starter) Start(cmd *exec.Cmd) (ssm.Process, error) {
 // Start did.
 func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Supervisor, log *slog.Logger,
 	clientsReady func(ssm.Clients)) (*ssm.Lifecycle, error) {
-	scfg := ssmConfig(cfg)
+	scfg := cfg.SSMConfig()
 	clients, err := ssm.NewClients(ctx, scfg)
 	if err != nil {
 		return nil, err
@@ -572,32 +572,6 @@ func startSSM(ctx context.Context, cfg *entrypoint.Config, sup *supervisor.Super
 	clientsReady(clients)
 	lc := ssm.New(scfg, clients, starter{sup}, log)
 	return lc, lc.Start(ctx)
-}
-
-// ssmConfig is the lifecycle's part of the configuration.
-func ssmConfig(cfg *entrypoint.Config) ssm.Config {
-	e := cfg.Env
-	endpoint := e.EndpointSSM
-	if endpoint == "" {
-		endpoint = e.Endpoint
-	}
-	scfg := ssm.DefaultConfig()
-	scfg.Region = e.Region
-	scfg.IAMRole = e.InstanceIAMRole
-	scfg.InstanceName = e.InstanceName
-	scfg.LogGroup = e.LogGroup
-	scfg.Tags = cfg.SSMTags
-	scfg.RequireAdvancedTier = e.RequireAdvancedTier
-	scfg.OrphanSweep = e.OrphanSweep
-	scfg.OrphanAfter = e.OrphanAfter
-	scfg.ReadyTimeout = e.ReadyTimeout
-	scfg.Endpoint = endpoint
-	scfg.MetadataURI = e.MetadataURI
-	scfg.Restarts = e.AgentRestarts
-	if e.AgentRestarts == 0 {
-		scfg.Restarts = -1 // ssm: negative = never restart
-	}
-	return scfg
 }
 
 func isClosed(c <-chan struct{}) bool {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"unicode/utf8"
+	"regexp"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
@@ -15,8 +15,14 @@ import (
 // ended, or it never was).
 var ErrNoSession = errors.New("ssm: no active session with that id")
 
-// maxSessionID is the longest session id the service hands out.
-const maxSessionID = 96
+// sessionIDPattern is what a Session Manager session id may look like: the
+// caller's user or role session name, a dash and hex digits, 96 characters
+// at most. The id is an index, never an identity: its prefix is the
+// caller's choice; only the session's Owner names someone.
+var sessionIDPattern = regexp.MustCompile(`^[A-Za-z0-9@._+=,-]{1,96}$`)
+
+// ValidSessionID reports whether id can be a session id.
+func ValidSessionID(id string) bool { return sessionIDPattern.MatchString(id) }
 
 // SessionOwner returns the ARN of the IAM principal that started the
 // active Session Manager session sessionID (its Owner, e.g.
@@ -25,7 +31,7 @@ const maxSessionID = 96
 // prefix is chosen by the caller and names no one: only Owner does. ctx
 // bounds the lookup; the caller gives it a short deadline.
 func SessionOwner(ctx context.Context, api API, sessionID string) (string, error) {
-	if sessionID == "" || utf8.RuneCountInString(sessionID) > maxSessionID {
+	if !ValidSessionID(sessionID) {
 		return "", fmt.Errorf("ssm: session owner: %q is not a session id", sessionID)
 	}
 	out, err := api.DescribeSessions(ctx, &awsssm.DescribeSessionsInput{

@@ -6,23 +6,18 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sync"
 	"time"
 
 	"github.com/bastion-dev/bastion/internal/procfs"
 	"github.com/bastion-dev/bastion/sshd"
+	"github.com/bastion-dev/bastion/ssm"
 )
 
 // sessionWorker is the agent's per-session process: it is started from the
 // agent's own directory as exactly [<dir>/ssm-session-worker, <sessionId>]
 // and, for AWS-StartSSHSession, dials the SSH port once per session.
 const sessionWorker = "ssm-session-worker"
-
-// sessionIDPattern is what a Session Manager session id may look like: up
-// to 96 characters. The id is an index, never an identity (its prefix is
-// the caller's chosen role session name); the principal comes from the API.
-var sessionIDPattern = regexp.MustCompile(`^[A-Za-z0-9@._+=,-]{1,96}$`)
 
 // peers names the process behind a loopback connection from /proc: an SSM
 // session worker (its session id, then its principal from
@@ -69,7 +64,7 @@ func (p *peers) Identify(remote, local netip.AddrPort) sshd.Peer {
 	case !root:
 	case p.selfExe != "" && proc.Exe == p.selfExe:
 		return sshd.Peer{HealthCheck: true}
-	case p.workerExe != "" && proc.Exe == p.workerExe && len(proc.Argv) == 2 && sessionIDPattern.MatchString(proc.Argv[1]):
+	case p.workerExe != "" && proc.Exe == p.workerExe && len(proc.Argv) == 2 && ssm.ValidSessionID(proc.Argv[1]):
 		id := proc.Argv[1]
 		if p.owners != nil {
 			p.owners.lookup(id)

@@ -206,7 +206,7 @@ func (s *Server) exchangeIdent(cs *connState, conn net.Conn) (net.Conn, error) {
 	s.mu.Lock()
 	cs.clientIdent = ident
 	s.mu.Unlock()
-	s.handshakes.Store(cs.remote, handshakeFacts{conn: cs.id, ident: ident, cs: cs})
+	s.handshakes.Store(cs.remote, cs)
 	return &identConn{Conn: c, replay: read, sent: sent}, nil
 }
 

@@ -207,9 +207,9 @@ type Server struct {
 	auth atomic.Pointer[authorizer]
 	// policy is cfg.Policy with the host's current addresses.
 	policy atomic.Pointer[Policy]
-	// handshakes holds, per client address, what a failed handshake's
-	// line needs, from the identification exchange until the handshake
-	// ends (handshakeFailed, or authentication).
+	// handshakes holds, per client address, the connection whose
+	// handshake is under way, from the identification exchange until the
+	// handshake ends (handshakeFailed, or authentication).
 	handshakes sync.Map
 	watchCtx   context.Context // ends at shutdown: the address watch
 	unwatch    context.CancelFunc
@@ -293,26 +293,18 @@ func (s *Server) handshakeFailed(conn net.Conn, err error) {
 	// The connection's state may be gone already (x/crypto closed the
 	// socket, and gliderlabs ended its context, before calling back): what
 	// the handshake needs to report was put aside for it.
-	var h handshakeFacts
-	if v, ok := s.handshakes.LoadAndDelete(remote); ok {
-		h = v.(handshakeFacts)
+	// Its id and identification were set before it was stored.
+	cs, _ := s.handshakes.LoadAndDelete(remote)
+	h, _ := cs.(*connState)
+	if h == nil {
+		h = &connState{}
 	}
-	attrs := []any{"conn", h.conn, "client", remote.String(), "client_ident", capField(h.ident), "error", capField(err.Error())}
-	if h.ident == "" || h.authBegan() || clientLeft(err) {
+	attrs := []any{"conn", h.id, "client", remote.String(), "client_ident", capField(h.clientIdent), "error", capField(err.Error())}
+	if h.clientIdent == "" || h.authBegan.Load() || clientLeft(err) {
 		s.log.Debug("handshake failed", attrs...)
 		return
 	}
-	s.refusals.warn("handshake failed", h.cs.bucket, attrs...) // ident is set with cs
-}
-
-// handshakeFacts is what handshakeFailed reports about a connection.
-type handshakeFacts struct {
-	conn, ident string
-	cs          *connState
-}
-
-func (h handshakeFacts) authBegan() bool {
-	return h.cs != nil && h.cs.authBegan.Load()
+	s.refusals.warn("handshake failed", h.bucket, attrs...)
 }
 
 // clientLeft reports an error that only says the client went away (a port

@@ -5,7 +5,7 @@
 // cannot tell it from AWS.
 //
 // An Endpoint owns the HTTP server, the wire (`POST /` with `X-Amz-Target:
-// <prefix><Op>`, SigV4 checked by test/fakesigv4, `{"__type", "Message"}`
+// <prefix><Op>`, SigV4 checked (sigv4.go), `{"__type", "Message"}`
 // errors with the statuses AWS uses), the log of requests, fault, delay and
 // rate-limit injection with a count of what fired, and the control API
 // under /_fake/ for tests that run a fake as its own process. A fake

@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"github.com/bastion-dev/bastion/test/fakesigv4"
 )
 
 // maxBody caps a request body; AWS's JSON front ends refuse larger ones.
@@ -121,14 +119,10 @@ func (e *Endpoint) ServeAPI(w http.ResponseWriter, r *http.Request) {
 // caller's access key id, also with an error when it could be read.
 func (e *Endpoint) authenticate(r *http.Request, op string, body []byte) (string, *Error) {
 	if e.svc.Unsigned[op] {
-		return fakesigv4.AccessKeyID(r.Header.Get("Authorization")), nil
+		return signingKeyID(r.Header.Get("Authorization")), nil
 	}
-	v := fakesigv4.Verifier{Service: e.svc.SigningName, Region: e.svc.Region, Secret: e.svc.Secret}
-	akid, err := v.Verify(r, body)
-	if err != nil {
-		return akid, &Error{Status: err.Status, Code: err.Code, Message: err.Message}
-	}
-	return akid, nil
+	v := sigv4Verifier{Service: e.svc.SigningName, Region: e.svc.Region, Secret: e.svc.Secret}
+	return v.Verify(r, body)
 }
 
 // process meets a request with what a real one meets, in order:

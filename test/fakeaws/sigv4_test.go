@@ -1,4 +1,4 @@
-package fakesigv4
+package fakeaws
 
 import (
 	"context"
@@ -29,8 +29,8 @@ func signed(t *testing.T, body, service, region, secret string, at time.Time) *h
 	return r
 }
 
-func TestVerify(t *testing.T) {
-	v := Verifier{Service: "ecs", Region: "us-east-1", Secret: func(akid string) (string, bool) { return "s3cret", akid == "AKID" }}
+func TestSigV4Verify(t *testing.T) {
+	v := sigv4Verifier{Service: "ecs", Region: "us-east-1", Secret: func(akid string) (string, bool) { return "s3cret", akid == "AKID" }}
 	now := time.Now()
 	tests := []struct {
 		name string
@@ -59,7 +59,7 @@ func TestVerify(t *testing.T) {
 	if _, err := v.Verify(r, nil); err == nil || err.Code != "MissingAuthenticationTokenException" {
 		t.Errorf("unsigned: %v", err)
 	}
-	if AccessKeyID(signed(t, `{}`, "ecs", "us-east-1", "x", now).Header.Get("Authorization")) != "AKID" || AccessKeyID("garbage") != "" {
+	if signingKeyID(signed(t, `{}`, "ecs", "us-east-1", "x", now).Header.Get("Authorization")) != "AKID" || signingKeyID("garbage") != "" {
 		t.Errorf("AccessKeyID")
 	}
 }

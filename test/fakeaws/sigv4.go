@@ -1,9 +1,8 @@
-// Package fakesigv4 checks AWS Signature Version 4 the way AWS's JSON
-// front ends do, for the in-repo fakes of AWS services (through
-// test/fakeaws, which test/fakessm, test/fakesecrets and test/fakeecs
-// share): the real SDK signs its requests and the fakes refuse what AWS
-// would refuse, with the same error codes and messages.
-package fakesigv4
+package fakeaws
+
+// AWS Signature Version 4, checked the way AWS's JSON front ends do: the
+// real SDK signs its requests and the fakes refuse what AWS would refuse,
+// with the same error codes and messages.
 
 import (
 	"bytes"
@@ -30,25 +29,16 @@ const (
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// Error is a refusal as an AWS JSON 1.1 error: HTTP status, __type, message.
-type Error struct {
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
-
 func fail(code, format string, args ...any) *Error {
-	return &Error{Status: http.StatusBadRequest, Code: code, Message: fmt.Sprintf(format, args...)}
+	return Errorf(http.StatusBadRequest, code, format, args...)
 }
 
 func fail500(format string, args ...any) *Error {
-	return &Error{Status: http.StatusInternalServerError, Code: "InternalServerError", Message: fmt.Sprintf(format, args...)}
+	return Errorf(http.StatusInternalServerError, "InternalServerError", format, args...)
 }
 
-// Verifier checks the requests of one service in one region.
-type Verifier struct {
+// sigv4Verifier checks the requests of one service in one region.
+type sigv4Verifier struct {
 	Service string // SigV4 service name in the credential scope, e.g. "ssm", "ecs"
 	Region  string
 	// Secret returns the secret access key of an access key id; false means
@@ -62,9 +52,9 @@ type authHeader struct {
 	signature                               string
 }
 
-// AccessKeyID returns the access key id an Authorization header names, or
+// signingKeyID returns the access key id an Authorization header names, or
 // "" when it is absent or malformed (unsigned calls are recorded this way).
-func AccessKeyID(authorization string) string {
+func signingKeyID(authorization string) string {
 	h, err := parseAuthorization(authorization)
 	if err != nil {
 		return ""
@@ -74,7 +64,7 @@ func AccessKeyID(authorization string) string {
 
 // Verify checks r's SigV4 Authorization header over body and returns the
 // caller's access key id (also with an error, when it could be read).
-func (v Verifier) Verify(r *http.Request, body []byte) (string, *Error) {
+func (v sigv4Verifier) Verify(r *http.Request, body []byte) (string, *Error) {
 	raw := r.Header.Get("Authorization")
 	if raw == "" {
 		return "", fail("MissingAuthenticationTokenException", "Missing Authentication Token")

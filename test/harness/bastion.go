@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // BastionOptions says how to run the binary.
@@ -183,16 +181,17 @@ func startNamespaced(t testing.TB, dir, bin string, env []string, o BastionOptio
 		p.Wait(5 * time.Second)
 		t.Fatalf("the namespace script reported no bastion PID (%q, %v):\n%s", line, err, p.Log.String())
 	}
-	// The shell waits for the ack, so pid is still its own here.
-	pidfd, err := unix.PidfdOpen(pid, 0)
+	// The shell waits for the ack, so pid is still its own here: Go holds
+	// the process by a pidfd from now on, which no later process can take.
+	proc, err := os.FindProcess(pid)
 	if err != nil {
-		t.Fatalf("pidfd of the bastion (pid %d): %v", pid, err)
+		t.Fatalf("the bastion (pid %d): %v", pid, err)
 	}
-	t.Cleanup(func() { unix.Close(pidfd) })
+	t.Cleanup(func() { proc.Release() }) // a signal after this is an error, never a stranger's
 	if _, err := ack.Write([]byte("\n")); err != nil {
 		t.Fatalf("ack to the namespace script: %v\n%s", err, p.Log.String())
 	}
-	return p, pid, func(sig syscall.Signal) error { return unix.PidfdSendSignal(pidfd, sig, nil, 0) }
+	return p, pid, func(sig syscall.Signal) error { return proc.Signal(sig) }
 }
 
 // namespaceScript sets up the mount namespace ($1 is the bastion, $2 the

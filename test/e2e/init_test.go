@@ -19,13 +19,7 @@ import (
 
 // nsProcs lists processes in the PID namespace of pid (host view) with
 // their state and parent.
-type procStat struct {
-	pid, ppid int
-	state     byte
-	comm      string
-}
-
-func nsProcs(t *testing.T, pid int) []procStat {
+func nsProcs(t *testing.T, pid int) []procfs.Stat {
 	t.Helper()
 	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
 	if err != nil {
@@ -35,12 +29,11 @@ func nsProcs(t *testing.T, pid int) []procStat {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []procStat
+	var out []procfs.Stat
 	for _, p := range all {
-		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", p.PID)); err != nil || l != ns {
-			continue
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", p.PID)); err == nil && l == ns {
+			out = append(out, p)
 		}
-		out = append(out, procStat{pid: p.PID, ppid: p.PPID, state: p.State, comm: p.Comm})
 	}
 	return out
 }
@@ -86,13 +79,13 @@ func TestPID1ReapsOrphans(t *testing.T) {
 		}
 		var zombies, sleepers int
 		for _, p := range nsProcs(t, b.Pid) {
-			if p.comm == "sleep" {
+			if p.Comm == "sleep" {
 				sleepers++
-				if p.ppid == b.Pid {
-					adopted[p.pid] = true
+				if p.PPID == b.Pid {
+					adopted[p.PID] = true
 				}
 			}
-			if p.state == 'Z' && p.pid != b.Pid {
+			if p.State == 'Z' && p.PID != b.Pid {
 				zombies++
 			}
 		}
@@ -314,14 +307,14 @@ func TestSubreaperUnderTini(t *testing.T) {
 	for {
 		var zombies, sleepers int
 		for _, p := range nsProcs(t, b.Pid) {
-			if p.comm == "sleep" {
+			if p.Comm == "sleep" {
 				sleepers++
 				seen = true
-				if p.ppid == b.Pid {
-					adopted[p.pid] = true
+				if p.PPID == b.Pid {
+					adopted[p.PID] = true
 				}
 			}
-			if p.state == 'Z' {
+			if p.State == 'Z' {
 				zombies++
 			}
 		}

@@ -536,7 +536,7 @@ func TestSSMAgentWithoutStaticCredentials(t *testing.T) {
 	if !ok {
 		t.Fatal("agent not running")
 	}
-	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", agent.pid))
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", agent.PID))
 	if err != nil || !strings.Contains(string(environ), "PATH=") {
 		t.Fatalf("read the agent's environ: %v %q", err, environ)
 	}

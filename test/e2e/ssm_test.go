@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-dev/bastion/internal/procfs"
 	"github.com/bastion-dev/bastion/ssm"
 	"github.com/bastion-dev/bastion/test/fakeecs"
 	"github.com/bastion-dev/bastion/test/fakessm"
@@ -116,13 +117,13 @@ func waitOnline(t *testing.T, b *harness.Bastion) string {
 }
 
 // nsProc finds a process by command name in the bastion's PID namespace.
-func nsProc(t *testing.T, b *harness.Bastion, comm string) (procStat, bool) {
+func nsProc(t *testing.T, b *harness.Bastion, comm string) (procfs.Stat, bool) {
 	for _, p := range nsProcs(t, b.Pid) {
-		if p.comm == comm && p.state != 'Z' {
+		if p.Comm == comm && p.State != 'Z' {
 			return p, true
 		}
 	}
-	return procStat{}, false
+	return procfs.Stat{}, false
 }
 
 func TestSSMLifecycle(t *testing.T) {
@@ -199,8 +200,8 @@ func TestSSMLifecycle(t *testing.T) {
 		if !ok {
 			t.Fatalf("agent not running: %+v", nsProcs(t, b.Pid))
 		}
-		if agent.ppid != b.Pid {
-			t.Fatalf("agent parent %d, want bastion %d", agent.ppid, b.Pid)
+		if agent.PPID != b.Pid {
+			t.Fatalf("agent parent %d, want bastion %d", agent.PPID, b.Pid)
 		}
 		// The agent (a Go program) reports the mask it was exec'd with;
 		// its later /proc status shows its own runtime's thread masks.
@@ -208,7 +209,7 @@ func TestSSMLifecycle(t *testing.T) {
 		if len(mask) == 0 {
 			t.Fatalf("agent did not start with an empty signal mask, no ignored signals and only fds 0-2:\n%s", b.Log.String())
 		}
-		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", agent.pid))
+		environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", agent.PID))
 		for _, v := range []string{"SSH_PRIVATE_HOST_KEY_BASE64ENCODED", "SSH_PUBLIC_HOST_KEY_BASE64ENCODED", "ROOT_PUBLIC_SSH_KEY_BASE64ENCODED",
 			"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "task-role-secret", "OPENSSH PRIVATE KEY"} {
 			if strings.Contains(string(environ), v) {
@@ -219,10 +220,10 @@ func TestSSMLifecycle(t *testing.T) {
 		if !ok {
 			t.Fatalf("worker not running")
 		}
-		if pgid, _ := syscall.Getpgid(worker.pid); pgid != worker.pid {
-			t.Fatalf("worker pgid %d, want its own group %d", pgid, worker.pid)
+		if pgid, _ := syscall.Getpgid(worker.PID); pgid != worker.PID {
+			t.Fatalf("worker pgid %d, want its own group %d", pgid, worker.PID)
 		}
-		if pgid, _ := syscall.Getpgid(agent.pid); pgid != agent.pid {
+		if pgid, _ := syscall.Getpgid(agent.PID); pgid != agent.PID {
 			t.Fatalf("agent pgid %d, want its own group", pgid)
 		}
 	})

@@ -191,7 +191,7 @@ func (s *Server) faultMessage(c *fakeaws.Call, code string) string {
 		}
 		return fakeaws.AccessDenied(s.opts.AccountID, "secretsmanager:"+c.Op, resource)
 	case "ResourceNotFoundException":
-		return "Secrets Manager can't find the specified secret."
+		return errNotFound().Message
 	case "DecryptionFailure":
 		return "Secrets Manager can't decrypt the protected secret text using the provided KMS key."
 	case "InternalServiceError":

@@ -218,20 +218,13 @@ const (
 // waitSignalsTaken waits until the supervisor has logged n shutdown signals.
 func waitSignalsTaken(t *testing.T, b *harness.Bastion, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	waitUntil(t, fmt.Sprintf("the bastion to log %d signals taken", n), 5*time.Second, func() bool {
 		got := 0
 		for _, msg := range []string{msgShutdownRequested, msgAlreadyShuttingDown, msgForcing} {
 			got += len(b.Log.Find(msg, nil))
 		}
-		if got >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the bastion logged %d of %d signals:\n%s", got, n, b.Log.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return got >= n
+	})
 }
 
 // echoTunnel opens `ssh -W` through the bastion of config to the echo

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -98,104 +97,107 @@ func readinessPolls(api *fakessm.Server) int {
 func TestSSMStopAtEveryStage(t *testing.T) {
 	t.Parallel()
 	const budget = 6 * time.Second
+	// staged is what a stage leaves for the check after the stop: the
+	// orphan candidate whose task still runs (not ours: it must survive),
+	// and for a call that lands late what closes once it has (only then
+	// can leftovers be counted).
+	type staged struct {
+		live   string
+		landed chan struct{}
+	}
 	type stage struct {
 		name  string
 		env   map[string]string
-		setup func(e *ssmEnv) (ready func() bool)
+		setup func(e *ssmEnv, s *staged) (ready func() bool)
 	}
 	calls := func(e *ssmEnv, op string, n int) func() bool { return func() bool { return e.api.Calls(op) >= n } }
-	// orphan seeds a candidate for the orphan sweep whose task still runs:
-	// not ours, and it must survive.
-	var candidates sync.Map // *ssmEnv → instance id
-	// settle holds, for stages whose call lands late, what closes once it
-	// has: only then can leftovers be counted.
-	var settle sync.Map // *ssmEnv → chan struct{}
-	orphan := func(e *ssmEnv) {
+	// orphan seeds a candidate for the orphan sweep whose task still runs.
+	orphan := func(e *ssmEnv, s *staged) {
 		in := e.api.AddInstance(fakessm.Instance{Tags: ourTags("arn:aws:ecs:us-east-1:123456789012:task/ops/ffffffffffffffffffffffffffffffff")})
 		e.api.SetPing(in.InstanceID, time.Now().Add(-time.Hour))
 		e.ecs.SetTaskStatus("arn:aws:ecs:us-east-1:123456789012:task/ops/ffffffffffffffffffffffffffffffff", fakeecs.StatusRunning)
-		candidates.Store(e, in.InstanceID)
+		s.live = in.InstanceID
 	}
 	noSweep := map[string]string{"BASTION_SSM_ORPHAN_SWEEP": "false"}
 	stages := []stage{
-		{name: "task metadata", setup: func(e *ssmEnv) func() bool {
+		{name: "task metadata", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.ecs.Delay(time.Minute)
 			return func() bool { return e.ecs.Calls("/task") >= 1 }
 		}},
-		{name: "preflight (GetServiceSetting)", setup: func(e *ssmEnv) func() bool {
+		{name: "preflight (GetServiceSetting)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayNext("GetServiceSetting", 1, time.Minute)
 			return calls(e, "GetServiceSetting", 1)
 		}},
-		{name: "orphan sweep (DescribeInstanceInformation)", setup: func(e *ssmEnv) func() bool {
+		{name: "orphan sweep (DescribeInstanceInformation)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayNext("DescribeInstanceInformation", 1, time.Minute)
 			return calls(e, "DescribeInstanceInformation", 1)
 		}},
-		{name: "orphan sweep (ListTagsForResource)", setup: func(e *ssmEnv) func() bool {
-			orphan(e)
+		{name: "orphan sweep (ListTagsForResource)", setup: func(e *ssmEnv, s *staged) func() bool {
+			orphan(e, s)
 			e.api.DelayNext("ListTagsForResource", 1, time.Minute)
 			return calls(e, "ListTagsForResource", 1)
 		}},
-		{name: "orphan sweep (ecs:DescribeTasks)", setup: func(e *ssmEnv) func() bool {
-			orphan(e)
+		{name: "orphan sweep (ecs:DescribeTasks)", setup: func(e *ssmEnv, s *staged) func() bool {
+			orphan(e, s)
 			e.ecs.DelayNext(1, time.Minute)
 			return func() bool { return e.ecs.APICalls("DescribeTasks") >= 1 }
 		}},
-		{name: "CreateActivation (created, answer held)", setup: func(e *ssmEnv) func() bool {
+		{name: "CreateActivation (created, answer held)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayResponse("CreateActivation", 1, time.Minute)
 			return func() bool { return len(e.api.Activations()) == 1 }
 		}},
-		{name: "CreateActivation (lands 1.5s after the call)", setup: func(e *ssmEnv) func() bool {
+		{name: "CreateActivation (lands 1.5s after the call)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayEffect("CreateActivation", 1, 1500*time.Millisecond)
-			landed := make(chan struct{})
-			e.api.After("CreateActivation", func(fakessm.Request) { close(landed) })
-			settle.Store(e, landed)
+			s.landed = make(chan struct{})
+			e.api.After("CreateActivation", func(fakessm.Request) { close(s.landed) })
 			return calls(e, "CreateActivation", 1)
 		}},
-		{name: "register (RegisterManagedInstance held)", setup: func(e *ssmEnv) func() bool {
+		{name: "register (RegisterManagedInstance held)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayNext("RegisterManagedInstance", 1, time.Minute)
 			return calls(e, "RegisterManagedInstance", 1)
 		}},
-		{name: "register (registered, answer held)", setup: func(e *ssmEnv) func() bool {
+		{name: "register (registered, answer held)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayResponse("RegisterManagedInstance", 1, time.Minute)
 			return func() bool { return len(e.api.Instances()) == 1 }
 		}},
-		{name: "DeleteActivation", setup: func(e *ssmEnv) func() bool {
+		{name: "DeleteActivation", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayNext("DeleteActivation", 1, time.Minute)
 			return calls(e, "DeleteActivation", 1)
 		}},
-		{name: "duplicate sweep (DescribeActivations)", setup: func(e *ssmEnv) func() bool {
+		{name: "duplicate sweep (DescribeActivations)", setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.DelayNext("DescribeActivations", 1, time.Minute)
 			return calls(e, "DescribeActivations", 1)
 		}},
-		{name: "readiness, every DescribeInstanceInformation hangs", env: noSweep, setup: func(e *ssmEnv) func() bool {
+		{name: "readiness, every DescribeInstanceInformation hangs", env: noSweep, setup: func(e *ssmEnv, s *staged) func() bool {
 			e.api.Delay("DescribeInstanceInformation", time.Minute)
 			return calls(e, "DescribeInstanceInformation", 1)
 		}},
-		{name: "readiness, agent never Online", env: map[string]string{"FAKE_AGENT_MODE": "hang"}, setup: func(e *ssmEnv) func() bool {
+		{name: "readiness, agent never Online", env: map[string]string{"FAKE_AGENT_MODE": "hang"}, setup: func(e *ssmEnv, s *staged) func() bool {
 			return func() bool { return readinessPolls(e.api) >= 2 }
 		}},
 		{name: "readiness, never Online, agent stops in 7s", env: map[string]string{"FAKE_AGENT_MODE": "hang", "FAKE_AGENT_STOP_DELAY": "7s"},
-			setup: func(e *ssmEnv) func() bool { return func() bool { return readinessPolls(e.api) >= 2 } }},
+			setup: func(e *ssmEnv, s *staged) func() bool { return func() bool { return readinessPolls(e.api) >= 2 } }},
 		{name: "readiness, never Online, agent ignores SIGTERM", env: map[string]string{"FAKE_AGENT_MODE": "hang,ignore-sigterm"},
-			setup: func(e *ssmEnv) func() bool { return func() bool { return readinessPolls(e.api) >= 2 } }},
+			setup: func(e *ssmEnv, s *staged) func() bool { return func() bool { return readinessPolls(e.api) >= 2 } }},
 	}
 	for _, st := range stages {
 		t.Run(st.name, func(t *testing.T) {
 			t.Parallel()
 			e := newSSMEnv(t, nil)
-			ready := st.setup(e)
+			var s staged
+			ready := st.setup(e, &s)
 			b := e.start(t, stopEnv(budget.String(), st.env))
 			waitUntil(t, "Start to reach "+st.name, 60*time.Second, ready)
 			code, took := terminate(t, b, budget)
-			if landed, ok := settle.Load(e); ok {
+			if s.landed != nil {
 				select {
-				case <-landed.(chan struct{}):
+				case <-s.landed:
 				case <-time.After(30 * time.Second):
 					t.Fatal("the delayed call never landed")
 				}
 			}
-			if id, ok := candidates.Load(e); ok && !e.api.RemoveInstance(id.(string)) {
-				t.Fatalf("the live task's instance %s was deregistered", id)
+			if s.live != "" && !e.api.RemoveInstance(s.live) {
+				t.Fatalf("the live task's instance %s was deregistered", s.live)
 			}
 			row(t, "SIGTERM during "+st.name, code, took, e)
 			if code != 0 || took > budget {

@@ -3,7 +3,6 @@ package docker
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,32 +21,6 @@ import (
 // turns through this lock.
 const readmeDockerLock = "/tmp/bastion-readme-docker.lock"
 
-// readmeDockerBlock is the ```sh block of the README's "Run it in Docker on
-// your machine".
-func readmeDockerBlock(t *testing.T) string {
-	t.Helper()
-	readme, err := os.ReadFile(filepath.Join(harness.ModuleRoot(t), "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n## Run it in Docker on your machine\n")
-	if !ok {
-		t.Fatal(`README.md has no section "Run it in Docker on your machine"`)
-	}
-	if i := strings.Index(section, "\n## "); i >= 0 {
-		section = section[:i]
-	}
-	_, rest, ok := strings.Cut(section, "```sh\n")
-	if !ok {
-		t.Fatal("README.md: the Docker section has no ```sh block")
-	}
-	block, _, ok := strings.Cut(rest, "```")
-	if !ok || strings.Contains(rest[len(block)+3:], "```sh") {
-		t.Fatal("README.md: the Docker section should have exactly one, closed ```sh block")
-	}
-	return block
-}
-
 // TestReadmeDocker runs the README's Docker section as written, with a
 // fresh home directory holding only the user's key: it builds the FROM
 // scratch image without a registry, makes the host key file and starts the
@@ -58,7 +31,11 @@ func TestReadmeDocker(t *testing.T) {
 	t.Parallel()
 	requireDocker(t)
 	harness.RequireTools(t, "go", "ssh", "ssh-keygen", "sh")
-	block := readmeDockerBlock(t)
+	blocks := harness.ReadmeBlocks(t, "## Run it in Docker on your machine")
+	if len(blocks) != 1 {
+		t.Fatalf("README.md: the Docker section should have exactly one ```sh block, has %d", len(blocks))
+	}
+	block := blocks[0]
 
 	lock, err := os.OpenFile(readmeDockerLock, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
@@ -81,14 +58,7 @@ func TestReadmeDocker(t *testing.T) {
 	if h := os.Getenv("DOCKER_HOST"); h != "" {
 		env = append(env, "DOCKER_HOST="+h)
 	}
-	names := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN"}
-	goenv, err := exec.Command("go", append([]string{"env"}, names...)...).Output()
-	if err != nil {
-		t.Fatalf("go env: %v", err)
-	}
-	for i, name := range names {
-		env = append(env, name+"="+strings.Split(string(goenv), "\n")[i])
-	}
+	env = append(env, harness.GoEnv(t)...)
 
 	sh := exec.Command("sh", "-c", block)
 	sh.Dir = harness.ModuleRoot(t)
@@ -107,16 +77,7 @@ func TestReadmeDocker(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the block made no host key file: %v", err)
 	}
-	var hostPub string
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "SSH_PUBLIC_HOST_KEY_BASE64ENCODED="); ok {
-			b, _ := base64.StdEncoding.DecodeString(v)
-			hostPub = strings.TrimSpace(string(b))
-		}
-	}
-	if hostPub == "" {
-		t.Fatalf("host key file without SSH_PUBLIC_HOST_KEY_BASE64ENCODED:\n%s", raw)
-	}
+	hostPub := harness.HostKeyPub(t, raw)
 
 	// Logs and the exit code are read while the container lives (--rm).
 	ctx, cancel := context.WithCancel(context.Background())

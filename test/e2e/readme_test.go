@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -51,14 +50,7 @@ func TestReadmeLocalRun(t *testing.T) {
 	home := t.TempDir()
 
 	// The Go caches are passed through so `go run` builds offline and fast.
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
-	goenv, err := exec.Command("go", "env", "GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN").Output()
-	if err != nil {
-		t.Fatalf("go env: %v", err)
-	}
-	for i, name := range []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN"} {
-		env = append(env, name+"="+strings.Split(string(goenv), "\n")[i])
-	}
+	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, harness.GoEnv(t)...)
 	// The bastion's namespace is linked to a peer namespace, another host:
 	// its own address is denied like any address of the bastion's host, the
 	// peer's is reachable.
@@ -136,53 +128,6 @@ func TestReadmeLocalRun(t *testing.T) {
 	}
 }
 
-// readmeSectionBlocks returns the ```sh blocks of the README section that
-// starts with heading, in order.
-func readmeSectionBlocks(t *testing.T, heading string) []string {
-	t.Helper()
-	readme, err := os.ReadFile(filepath.Join(harness.ModuleRoot(t), "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n"+heading+"\n")
-	if !ok {
-		t.Fatalf("README.md has no section %q", heading)
-	}
-	if i := strings.Index(section, "\n## "); i >= 0 {
-		section = section[:i]
-	}
-	var blocks []string
-	for {
-		_, rest, ok := strings.Cut(section, "```sh\n")
-		if !ok {
-			return blocks
-		}
-		block, after, ok := strings.Cut(rest, "```")
-		if !ok {
-			t.Fatalf("README.md %q: a ```sh block is not closed", heading)
-		}
-		blocks = append(blocks, block)
-		section = after
-	}
-}
-
-// goEnv is the Go toolchain's environment for `go run` under another HOME:
-// the caches stay where they are, so the README's commands build offline.
-func goEnv(t *testing.T) []string {
-	t.Helper()
-	names := []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOFLAGS", "GOTOOLCHAIN"}
-	out, err := exec.Command("go", append([]string{"env"}, names...)...).Output()
-	if err != nil {
-		t.Fatalf("go env: %v", err)
-	}
-	values := strings.Split(string(out), "\n")
-	var env []string
-	for i, name := range names {
-		env = append(env, name+"="+values[i])
-	}
-	return env
-}
-
 // TestReadmeTryLocally runs "Trying it locally" as written: the keygen
 // step, terminal 1 (the bastion) and terminal 2 (ssh -J to this machine's
 // sshd on 127.0.0.1:22), in a network namespace of their own and with a
@@ -192,7 +137,7 @@ func TestReadmeTryLocally(t *testing.T) {
 	t.Parallel()
 	harness.RequireRoot(t)
 	harness.RequireTools(t, "go", "ssh", "ssh-keygen", "/usr/sbin/sshd", "unshare", "ip")
-	blocks := readmeSectionBlocks(t, "## Trying it locally")
+	blocks := harness.ReadmeBlocks(t, "## Trying it locally")
 	if len(blocks) != 3 {
 		t.Fatalf("Trying it locally: want 3 ```sh blocks (keygen, terminal 1, terminal 2), got %d", len(blocks))
 	}
@@ -217,7 +162,7 @@ func TestReadmeTryLocally(t *testing.T) {
 	os.WriteFile(filepath.Join(home, ".ssh", "config"), []byte("Host *\n  BatchMode yes\n  StrictHostKeyChecking accept-new\n"+
 		"  GlobalKnownHostsFile /dev/null\n  ConnectTimeout 10\n"), 0o600)
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + u.HomeDir}
-	for _, kv := range goEnv(t) {
+	for _, kv := range harness.GoEnv(t) {
 		name, value, _ := strings.Cut(kv, "=")
 		if rest, ok := strings.CutPrefix(value, u.HomeDir+"/"); ok {
 			value = filepath.Join(realHome, rest)
@@ -317,7 +262,7 @@ func TestReadmeTryLocally(t *testing.T) {
 	// The bastion's key is now known (Debian's ssh_config hashes names).
 	known := filepath.Join(home, ".ssh", "known_hosts")
 	if out, err := exec.Command("ssh-keygen", "-F", "[127.0.0.1]:2222", "-f", known).CombinedOutput(); err != nil ||
-		!strings.Contains(string(out), strings.Fields(hostKeyPub(t, raw))[1]) {
+		!strings.Contains(string(out), strings.Fields(harness.HostKeyPub(t, raw))[1]) {
 		t.Fatalf("known_hosts after the first jump has no entry for the bastion with its key: %v\n%s", err, out)
 	}
 	stop(first1)
@@ -327,20 +272,4 @@ func TestReadmeTryLocally(t *testing.T) {
 	second := startBastion()
 	jump("after a restart")
 	stop(second)
-}
-
-// hostKeyPub is the public key line of a bastion keygen environment file.
-func hostKeyPub(t *testing.T, envFile []byte) string {
-	t.Helper()
-	for _, line := range strings.Split(string(envFile), "\n") {
-		if v, ok := strings.CutPrefix(line, "SSH_PUBLIC_HOST_KEY_BASE64ENCODED="); ok {
-			pub, err := base64.StdEncoding.DecodeString(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return strings.TrimSpace(string(pub))
-		}
-	}
-	t.Fatal("no SSH_PUBLIC_HOST_KEY_BASE64ENCODED in the host key file")
-	return ""
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -34,22 +33,7 @@ func startForward(t *testing.T, b *harness.Bastion, dir string, key harness.Key,
 	cfg := harness.ClientConfig(t, dir, map[string]string{
 		harness.KnownHostsPattern("127.0.0.1", b.Port): b.HostKey.Pub,
 	}, harness.Host{Alias: "bastion", HostName: "127.0.0.1", Port: b.Port, User: "root", Identity: key.Path})
-	for attempt := 1; ; attempt++ {
-		lport := harness.FreePort(t)
-		cmd := exec.Command("ssh", "-F", cfg, "-N", "-o", "ExitOnForwardFailure=yes",
-			"-L", fmt.Sprintf("127.0.0.1:%d:%s", lport, dest), "bastion")
-		p := harness.Start(t, cmd)
-		out := waitForwarding(t, p, lport)
-		if strings.Contains(out, "Address already in use") && attempt < 5 {
-			continue
-		}
-		select {
-		case <-p.Done():
-			t.Fatalf("ssh -L with %s exited:\n%s", key.Path, out)
-		default:
-		}
-		return &forwarder{proc: p, lport: lport}
-	}
+	return localForward(t, cfg, dest)
 }
 
 // open makes a connection through the forward that stays open: a live

@@ -211,26 +211,37 @@ func waitForwarding(t *testing.T, p *harness.Proc, lport int) string {
 	}
 }
 
+// localForward runs ssh -N -L 127.0.0.1:LPORT:dest through the host
+// "bastion" of config. The local port is picked before ssh binds it, after
+// authenticating, so another process can take it in between: ssh then
+// exits (ExitOnForwardFailure) and another port is tried.
+func localForward(t *testing.T, config, dest string) *forwarder {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		lport := harness.FreePort(t)
+		cmd := exec.Command("ssh", "-F", config, "-N", "-o", "ExitOnForwardFailure=yes",
+			"-L", fmt.Sprintf("127.0.0.1:%d:%s", lport, dest), "bastion")
+		p := harness.Start(t, cmd)
+		out := waitForwarding(t, p, lport)
+		if strings.Contains(out, "Address already in use") && attempt < 5 {
+			continue
+		}
+		select {
+		case <-p.Done():
+			t.Fatalf("ssh -L %s exited:\n%s", dest, out)
+		default:
+		}
+		return &forwarder{proc: p, lport: lport}
+	}
+}
+
 func TestLocalForward(t *testing.T) {
 	t.Parallel()
 	echo := harness.Serve(t, "tcp", "127.0.0.1:0", harness.Echo)
 	port := echo.Addr().(*net.TCPAddr).Port
 	s := newJump(t, func(int) string { return fmt.Sprintf("127.0.0.1:%d", port) }, "", harness.BastionOptions{})
-	// The local port is picked before ssh binds it, after authenticating,
-	// so another process can take it in between: ssh then exits
-	// (ExitOnForwardFailure) and another port is tried.
-	var lport int
-	var p *harness.Proc
-	for attempt := 1; ; attempt++ {
-		lport = harness.FreePort(t)
-		cmd := exec.Command("ssh", "-F", s.config, "-N", "-o", "ExitOnForwardFailure=yes",
-			"-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lport, port), "bastion")
-		p = harness.Start(t, cmd)
-		if strings.Contains(waitForwarding(t, p, lport), "Address already in use") && attempt < 5 {
-			continue
-		}
-		break
-	}
+	f := localForward(t, s.config, fmt.Sprintf("127.0.0.1:%d", port))
+	lport, p := f.lport, f.proc
 	var wg sync.WaitGroup
 	for i := 0; i < 5; i++ {
 		wg.Add(1)

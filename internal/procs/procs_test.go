@@ -66,6 +66,7 @@ func TestScaler(t *testing.T) {
 	sets := make(chan int, 100)
 	s := &Scaler{Max: 4, Interval: 5 * time.Millisecond, CPUTime: load.cpuTime, Waits: load.schedWaits, Set: func(n int) { sets <- n }}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // a failure below must not leave Run going
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	next := func(why string) int {

@@ -451,6 +451,7 @@ func TestHealthcheckNotFooled(t *testing.T) {
 	user := harness.Keygen(t, dir, "user")
 	b := harness.StartBastion(t, dir, harness.BastionOptions{Namespaced: true, Env: map[string]string{
 		"ROOT_PUBLIC_SSH_KEY_BASE64ENCODED": harness.B64(user.Pub + "\n"),
+		"BASTION_LOG_LEVEL":                 "debug", // to see the healthcheck's connections close
 	}})
 	other := harness.StartTarget(t, dir, user.Pub)
 	bin, _ := harness.Build(t)
@@ -468,6 +469,7 @@ func TestHealthcheckNotFooled(t *testing.T) {
 		t.Fatalf("healthcheck of another sshd on the address: exit %d: %s", code, out)
 	}
 	// The healthcheck is recognised: its connections are not audit noise.
+	b.Log.WaitFor(t, 10*time.Second, "connection closed", map[string]string{"level": "DEBUG"})
 	for _, l := range b.Log.Find("connection closed", nil) {
 		if l["level"] == "INFO" {
 			t.Errorf("a healthcheck connection logged at info: %v", l)

@@ -442,6 +442,20 @@ func newHarness(t *testing.T, mut func(*Config)) *harness {
 
 // shutdown is what the caller of Start runs at stop, after a successful
 // Start as after a failed or abandoned one: StopAgent, then Deregister.
+// writeRegistration writes the agent's registration file, as a previous
+// run left it, and returns its path.
+func (h *harness) writeRegistration(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(h.root, RegistrationFile)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func (h *harness) shutdown(t *testing.T) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

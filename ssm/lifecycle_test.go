@@ -437,11 +437,7 @@ func TestStartStaleRegistration(t *testing.T) {
 			if tt.file == "" {
 				tt.file = `{"ManagedInstanceID":"` + old + `","Region":"us-east-1"}`
 			}
-			p := filepath.Join(h.root, RegistrationFile)
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			if err := os.WriteFile(p, []byte(tt.file), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			p := h.writeRegistration(t, tt.file)
 			if err := h.l.Start(context.Background()); err != nil {
 				t.Fatalf("Start: %v", err)
 			}
@@ -479,18 +475,11 @@ func TestStartStaleRegistration(t *testing.T) {
 	t.Run("stopped while deregistering: file kept", func(t *testing.T) {
 		h := newHarness(t, func(c *Config) { c.OrphanSweep = false })
 		h.srv.AddInstance(fakessm.Instance{InstanceID: old})
-		p := filepath.Join(h.root, RegistrationFile)
-		os.MkdirAll(filepath.Dir(p), 0o755)
 		file := `{"ManagedInstanceID":"` + old + `","Region":"us-east-1"}`
-		os.WriteFile(p, []byte(file), 0o600)
+		p := h.writeRegistration(t, file)
 		h.srv.DelayNext("DeregisterManagedInstance", -1, time.Minute)
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			for h.srv.Calls("DeregisterManagedInstance") == 0 {
-				time.Sleep(time.Millisecond)
-			}
-			cancel() // SIGTERM while the call hangs
-		}()
+		// SIGTERM while the call hangs.
+		ctx := cancelWhen(t, func() bool { return h.srv.Calls("DeregisterManagedInstance") > 0 })
 		err := h.l.Start(ctx)
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("Start = %v", err)
@@ -689,9 +678,10 @@ func TestRunRestarts(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error)
 		go func() { done <- h.l.Run(ctx) }()
-		deadline := time.Now().Add(5 * time.Second)
-		for h.st.Starts() < 2 && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
+		for deadline := time.Now().Add(5 * time.Second); h.st.Starts() < 2; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the agent was not restarted within 5 s")
+			}
 		}
 		if err := h.l.StopAgent(context.Background()); err != nil {
 			t.Errorf("StopAgent: %v", err)
@@ -748,9 +738,7 @@ func TestDeregister(t *testing.T) {
 				h.srv.Inject("DeregisterManagedInstance", fakessm.Fault{Count: max(tt.fails, 0), Code: tt.code})
 			}
 			h.l.instanceID, h.l.ids, h.l.registering = id, []string{id}, true
-			p := filepath.Join(h.root, RegistrationFile)
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			os.WriteFile(p, []byte(`{"ManagedInstanceID":"`+id+`","Region":"us-east-1"}`), 0o600)
+			h.writeRegistration(t, `{"ManagedInstanceID":"`+id+`","Region":"us-east-1"}`)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			err := h.l.Deregister(ctx)
@@ -771,9 +759,7 @@ func TestDeregister(t *testing.T) {
 	t.Run("a stale file is not this run's", func(t *testing.T) {
 		h := newHarness(t, nil)
 		h.srv.AddInstance(fakessm.Instance{InstanceID: "mi-0cccccccccccccccc"})
-		p := filepath.Join(h.root, RegistrationFile)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		os.WriteFile(p, []byte(`{"ManagedInstanceID":"mi-0cccccccccccccccc","Region":"us-east-1"}`), 0o600)
+		h.writeRegistration(t, `{"ManagedInstanceID":"mi-0cccccccccccccccc","Region":"us-east-1"}`)
 		if err := h.l.Deregister(context.Background()); err != nil || len(calls(h.srv)) != 0 || !h.exists(RegistrationFile) {
 			t.Errorf("Deregister = %v, calls %q, file kept %v", err, calls(h.srv), h.exists(RegistrationFile))
 		}

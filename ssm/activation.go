@@ -99,7 +99,7 @@ func (l *Lifecycle) createActivation(ctx context.Context) (*activation, error) {
 		DefaultInstanceName: aws.String(act.name),
 		Description:         aws.String(act.desc),
 		RegistrationLimit:   aws.Int32(1),
-		ExpirationDate:      aws.Time(l.cfg.Clock().Add(l.cfg.ActivationTTL).UTC()),
+		ExpirationDate:      aws.Time(act.callStarted.Add(l.cfg.ActivationTTL).UTC()), // what the logs' expires_at say
 		Tags:                l.activationTags(),
 	})
 	if err != nil {
@@ -145,15 +145,24 @@ func (l *Lifecycle) deleteActivation(ctx context.Context, id string) {
 	}
 }
 
-// tryDeleteActivation deletes id, reporting whether it is gone.
-func (l *Lifecycle) tryDeleteActivation(ctx context.Context, id, step string) bool {
+// callDeleteActivation deletes id with one call; alreadyGone reports that
+// the service no longer knew it, which is not an error.
+func (l *Lifecycle) callDeleteActivation(ctx context.Context, id string) (alreadyGone bool, err error) {
 	cctx, cancel := l.call(ctx)
 	defer cancel()
-	_, err := l.api.DeleteActivation(cctx, &awsssm.DeleteActivationInput{ActivationId: aws.String(id)})
-	switch code := errorCode(err); {
-	case err == nil:
+	_, err = l.api.DeleteActivation(cctx, &awsssm.DeleteActivationInput{ActivationId: aws.String(id)})
+	if code := errorCode(err); code == "InvalidActivationId" || code == "InvalidActivation" {
+		return true, nil
+	}
+	return false, err
+}
+
+// tryDeleteActivation deletes id, reporting whether it is gone.
+func (l *Lifecycle) tryDeleteActivation(ctx context.Context, id, step string) bool {
+	switch gone, err := l.callDeleteActivation(ctx, id); {
+	case err == nil && !gone:
 		l.log.Info("activation deleted", "step", step, "activation_id", id)
-	case code == "InvalidActivationId" || code == "InvalidActivation":
+	case err == nil:
 		l.log.Info("activation already gone", "step", step, "activation_id", id)
 	default:
 		err = apiError("delete activation", "ssm:DeleteActivation", err)
@@ -234,13 +243,10 @@ func (l *Lifecycle) sweepDuplicates(ctx context.Context) int {
 		}
 	}
 	for _, id := range dups {
-		cctx, ccancel := l.call(ctx)
-		_, err := l.api.DeleteActivation(cctx, &awsssm.DeleteActivationInput{ActivationId: aws.String(id)})
-		ccancel()
-		switch code := errorCode(err); {
-		case err == nil:
+		switch gone, err := l.callDeleteActivation(ctx, id); {
+		case err == nil && !gone:
 			l.log.Info("duplicate activation deleted", "step", "activation", "activation_id", id, "kept_activation_id", act.id)
-		case code == "InvalidActivationId" || code == "InvalidActivation":
+		case err == nil:
 			l.log.Info("duplicate activation already gone", "step", "activation", "activation_id", id)
 		case ctx.Err() != nil:
 			return len(dups)

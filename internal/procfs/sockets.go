@@ -93,11 +93,15 @@ func findSocket(root string, local, remote netip.AddrPort) (inode uint64, uid in
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	for _, table := range []string{"net/tcp", "net/tcp6"} {
+		v6 := table == "net/tcp6"
+		if !v6 && !local.Addr().Is4() {
+			continue
+		}
 		f, err := os.Open(filepath.Join(root, table))
 		if err != nil {
 			continue // no IPv6 in this kernel
 		}
-		inode, uid, found, err := scanTCPTable(f, local, remote)
+		inode, uid, found, err := scanTCPTable(f, hexAddrPort(local, v6), local, remote)
 		f.Close()
 		if err != nil {
 			return 0, 0, fmt.Errorf("procfs: %s: %w", table, err)
@@ -110,11 +114,17 @@ func findSocket(root string, local, remote netip.AddrPort) (inode uint64, uid in
 }
 
 // scanTCPTable reads a /proc/net/tcp{,6} table for the row with the given
-// endpoints. Rows in TIME_WAIT have inode 0 and are skipped.
-func scanTCPTable(f *os.File, local, remote netip.AddrPort) (inode uint64, uid int, found bool, err error) {
+// endpoints. Rows in TIME_WAIT have inode 0 and are skipped. Only a row
+// whose local field reads localText (the table's spelling of local) is
+// parsed: the table holds every socket of the namespace, and this runs on
+// each loopback connection.
+func scanTCPTable(f *os.File, localText string, local, remote netip.AddrPort) (inode uint64, uid int, found bool, err error) {
 	sc := bufio.NewScanner(f)
 	sc.Scan() // header
 	for sc.Scan() {
+		if string(localField(sc.Bytes())) != localText { // compared without a copy
+			continue
+		}
 		row, err := parseTCPRow(sc.Text())
 		if err != nil {
 			return 0, 0, false, err
@@ -124,6 +134,26 @@ func scanTCPTable(f *os.File, local, remote netip.AddrPort) (inode uint64, uid i
 		}
 	}
 	return 0, 0, false, sc.Err()
+}
+
+// localField is a row's second field ("sl local rem ..."); nil for a row
+// too short to have one.
+func localField(line []byte) []byte {
+	f := 0
+	for i := 0; i < len(line); {
+		for i < len(line) && line[i] == ' ' {
+			i++
+		}
+		start := i
+		for i < len(line) && line[i] != ' ' {
+			i++
+		}
+		if f == 1 {
+			return line[start:i]
+		}
+		f++
+	}
+	return nil
 }
 
 type tcpRow struct {
@@ -156,6 +186,26 @@ func parseTCPRow(line string) (tcpRow, error) {
 		return tcpRow{}, fmt.Errorf("inode %q", f[9])
 	}
 	return tcpRow{local: local, remote: remote, uid: uid, inode: inode}, nil
+}
+
+// hexAddrPort spells ap as the table does (parseHexAddrPort reads it):
+// each 32-bit word of the address in host byte order (little-endian on
+// the machines bastion runs on), in upper-case hex, then the port. In the
+// tcp6 table an IPv4 address appears IPv4-mapped.
+func hexAddrPort(ap netip.AddrPort, v6 bool) string {
+	var raw []byte
+	if v6 {
+		a := ap.Addr().As16()
+		raw = a[:]
+	} else {
+		a := ap.Addr().As4()
+		raw = a[:]
+	}
+	words := make([]byte, len(raw))
+	for i := 0; i < len(raw); i += 4 {
+		binary.LittleEndian.PutUint32(words[i:], binary.BigEndian.Uint32(raw[i:]))
+	}
+	return fmt.Sprintf("%X:%04X", words, ap.Port())
 }
 
 // parseHexAddrPort reads "0100007F:0016" or the 32-digit IPv6 form: the

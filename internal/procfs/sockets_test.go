@@ -38,6 +38,24 @@ func TestParseHexAddrPort(t *testing.T) {
 		if err != nil || got.String() != tt.want {
 			t.Errorf("parseHexAddrPort(%q) = %v, %v; want %s", tt.in, got, err, tt.want)
 		}
+		// And back: the spelling the table scan looks for.
+		if back := hexAddrPort(got, len(tt.in) > len("0100007F:0016")); back != tt.in {
+			t.Errorf("hexAddrPort(%v) = %q, want %q", got, back, tt.in)
+		}
+	}
+}
+
+func TestLocalField(t *testing.T) {
+	for line, want := range map[string]string{
+		"   0: 0100007F:A5E9 0100007F:0016 01": "0100007F:A5E9",
+		"0: 0100007F:A5E9":                     "0100007F:A5E9",
+		"  sl  local_address rem_address":      "local_address",
+		"   0:":                                "",
+		"":                                     "",
+	} {
+		if got := string(localField([]byte(line))); got != want {
+			t.Errorf("localField(%q) = %q, want %q", line, got, want)
+		}
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	sm "github.com/aws/aws-sdk-go-v2/service/secretsmanager"
-	"github.com/aws/smithy-go"
 
 	"github.com/bastion-dev/bastion/internal/awsconf"
 )
@@ -115,11 +113,7 @@ func (s *secretSource) read(ctx context.Context, seen string) (reading, error) {
 // apiError wraps err from op with what the operator has to fix. The SDK's
 // messages name the secret and the action, never the value.
 func (s *secretSource) apiError(op string, err error) error {
-	var ae smithy.APIError
-	if !errors.As(err, &ae) {
-		return fmt.Errorf("authkeys: %s %s: %w", op, s.id, err)
-	}
-	switch ae.ErrorCode() {
+	switch awsconf.ErrorCode(err) {
 	case "AccessDeniedException":
 		return fmt.Errorf("authkeys: %s %s: access denied: the ECS task role needs secretsmanager:%s on the secret: %w", op, s.id, op, err)
 	case "DecryptionFailure":

@@ -11,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+
+	"github.com/bastion-dev/bastion/internal/awsconf"
 )
 
 // instanceName is the activation's DefaultInstanceName.
@@ -151,7 +153,7 @@ func (l *Lifecycle) callDeleteActivation(ctx context.Context, id string) (alread
 	cctx, cancel := l.call(ctx)
 	defer cancel()
 	_, err = l.api.DeleteActivation(cctx, &awsssm.DeleteActivationInput{ActivationId: aws.String(id)})
-	if code := errorCode(err); code == "InvalidActivationId" || code == "InvalidActivation" {
+	if code := awsconf.ErrorCode(err); code == "InvalidActivationId" || code == "InvalidActivation" {
 		return true, nil
 	}
 	return false, err

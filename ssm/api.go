@@ -2,13 +2,11 @@ package ssm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
-	"github.com/aws/smithy-go"
 
 	"github.com/bastion-dev/bastion/internal/awsconf"
 )
@@ -77,17 +75,8 @@ func loadAWSConfig(ctx context.Context, region string) (aws.Config, error) {
 	return cfg, nil
 }
 
-// errorCode returns the service's error code of err, or "".
-func errorCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
-}
-
 func isAccessDenied(err error) bool {
-	switch errorCode(err) {
+	switch awsconf.ErrorCode(err) {
 	case "AccessDeniedException", "AccessDenied", "UnauthorizedOperation":
 		return true
 	}

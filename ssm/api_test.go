@@ -13,6 +13,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/bastion-dev/bastion/internal/awsconf"
 )
 
 // TestNewAPIEndpointAndRetry checks that the real client reaches the
@@ -67,8 +69,8 @@ func TestNewAPIEndpointAndRetry(t *testing.T) {
 		t.Fatalf("GetServiceSetting = %v, %v after %d requests", out, err, n.Load())
 	}
 	_, err = api.DeregisterManagedInstance(ctx, &awsssm.DeregisterManagedInstanceInput{InstanceId: aws.String("mi-0123456789abcdef0")})
-	if errorCode(err) != "InvalidInstanceId" {
-		t.Errorf("error code %q of %v", errorCode(err), err)
+	if awsconf.ErrorCode(err) != "InvalidInstanceId" {
+		t.Errorf("error code %q of %v", awsconf.ErrorCode(err), err)
 	}
 	_, err = api.CreateActivation(ctx, &awsssm.CreateActivationInput{IamRole: aws.String("r")})
 	if !isAccessDenied(err) {

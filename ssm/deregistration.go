@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+
+	"github.com/bastion-dev/bastion/internal/awsconf"
 )
 
 // DeregisterFloor is the least time Deregister should be given at
@@ -243,7 +245,7 @@ func (l *Lifecycle) deregisterInstance(ctx context.Context, id string) (gone boo
 		switch {
 		case err == nil:
 			return false, nil
-		case errorCode(err) == "InvalidInstanceId":
+		case awsconf.ErrorCode(err) == "InvalidInstanceId":
 			return true, nil
 		case isRefusal(err):
 			return false, apiError("deregister managed instance", "ssm:DeregisterManagedInstance", err)
@@ -260,7 +262,7 @@ func (l *Lifecycle) deregisterInstance(ctx context.Context, id string) (gone boo
 // isRefusal: the service refused the request itself (permissions, an
 // invalid request); trying again cannot help.
 func isRefusal(err error) bool {
-	return isAccessDenied(err) || errorCode(err) == "ValidationException"
+	return isAccessDenied(err) || awsconf.ErrorCode(err) == "ValidationException"
 }
 
 func (l *Lifecycle) refused(id string) bool {

@@ -9,6 +9,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsssm "github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+
+	"github.com/bastion-dev/bastion/internal/awsconf"
 )
 
 // clearStale deals with a registration file an earlier run left on the
@@ -99,7 +101,7 @@ func (l *Lifecycle) describeInstance(ctx context.Context, id string) (*types.Ins
 	out, err := l.api.DescribeInstanceInformation(cctx, &awsssm.DescribeInstanceInformationInput{
 		Filters: []types.InstanceInformationStringFilter{{Key: aws.String("InstanceIds"), Values: []string{id}}},
 	})
-	if errorCode(err) == "InvalidInstanceId" {
+	if awsconf.ErrorCode(err) == "InvalidInstanceId" {
 		return nil, nil
 	}
 	if err != nil {

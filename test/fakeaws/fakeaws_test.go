@@ -25,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/bastion-dev/bastion/internal/awsconf"
 	"github.com/bastion-dev/bastion/test/fakeaws"
 	"github.com/bastion-dev/bastion/test/fakeaws/awstest"
 )
@@ -274,7 +275,7 @@ func TestAuthentication(t *testing.T) {
 	})
 	t.Run("SDK in another region", func(t *testing.T) {
 		c := client(t, s, "eu-west-1", fakeaws.DefaultAccessKeyID, fakeaws.DefaultSecretAccessKey)
-		if err := getSetting(context.Background(), c); awstest.ErrorCode(err) != "InvalidSignatureException" {
+		if err := getSetting(context.Background(), c); awsconf.ErrorCode(err) != "InvalidSignatureException" {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -363,14 +364,14 @@ func TestFaults(t *testing.T) {
 	t.Run("until cleared, the op's own before any op's", func(t *testing.T) {
 		s.Inject(fakeaws.AnyOp, fakeaws.Fault{Code: "AccessDeniedException"})
 		s.FailNext("GetServiceSetting", 1, "TooManyUpdates")
-		if err := getSetting(ctx, c); awstest.ErrorCode(err) != "TooManyUpdates" {
+		if err := getSetting(ctx, c); awsconf.ErrorCode(err) != "TooManyUpdates" {
 			t.Fatalf("err = %v", err)
 		}
 		for range 3 {
-			if err := getSetting(ctx, c); awstest.ErrorCode(err) != "AccessDeniedException" {
+			if err := getSetting(ctx, c); awsconf.ErrorCode(err) != "AccessDeniedException" {
 				t.Fatalf("err = %v", err)
 			}
-			if err := create(ctx, c); awstest.ErrorCode(err) != "AccessDeniedException" {
+			if err := create(ctx, c); awsconf.ErrorCode(err) != "AccessDeniedException" {
 				t.Fatalf("err = %v", err)
 			}
 		}
@@ -641,7 +642,7 @@ func TestControlAPI(t *testing.T) {
 		}
 	}
 	post("/_fake/fail", `{"op":"GetServiceSetting","code":"TooManyUpdates","count":1}`, 200)
-	if err := getSetting(ctx, c); awstest.ErrorCode(err) != "TooManyUpdates" {
+	if err := getSetting(ctx, c); awsconf.ErrorCode(err) != "TooManyUpdates" {
 		t.Fatalf("fault via HTTP: %v", err)
 	}
 	post("/_fake/delay", `{"op":"GetServiceSetting","duration":"200ms","count":1}`, 200)

@@ -14,7 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	"github.com/aws/aws-sdk-go-v2/service/ecs/types"
 
-	"github.com/bastion-dev/bastion/test/fakeaws/awstest"
+	"github.com/bastion-dev/bastion/internal/awsconf"
 	"github.com/bastion-dev/bastion/test/fakeecs"
 )
 
@@ -31,7 +31,7 @@ func client(s *fakeecs.Server, akid, secret, region string) *ecs.Client {
 	})
 }
 
-var code = awstest.ErrorCode
+var code = awsconf.ErrorCode
 
 func TestDescribeTasks(t *testing.T) {
 	s := fakeecs.NewTest(t, fakeecs.DefaultTask())

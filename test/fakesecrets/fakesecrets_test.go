@@ -15,6 +15,7 @@ import (
 	sm "github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager/types"
 
+	"github.com/bastion-dev/bastion/internal/awsconf"
 	"github.com/bastion-dev/bastion/test/fakeaws/awstest"
 	"github.com/bastion-dev/bastion/test/fakesecrets"
 )
@@ -43,7 +44,7 @@ func rawCall(t *testing.T, url, target, body, service, akid, secret string) (int
 	return r.Status, r.Body
 }
 
-var apiCode = awstest.ErrorCode
+var apiCode = awsconf.ErrorCode
 
 // withSecret starts a fake holding the secret name = value and the real
 // client aimed at it.

@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/bastion-dev/bastion/internal/awsconf"
 	"github.com/bastion-dev/bastion/test/fakeaws/awstest"
 	"github.com/bastion-dev/bastion/test/fakessm"
 )
@@ -66,7 +67,7 @@ func ping(t *testing.T, srv *fakessm.Server, id string) {
 	}
 }
 
-var apiCode = awstest.ErrorCode
+var apiCode = awsconf.ErrorCode
 
 func TestLifecycleWithRealSDK(t *testing.T) {
 	srv := fakessm.NewTest(t, fakessm.Options{})

@@ -13,7 +13,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"testing"
@@ -23,7 +22,6 @@ import (
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/smithy-go"
 )
 
 // Config loads the SDK's default configuration with static credentials and
@@ -92,13 +90,4 @@ func Post(t testing.TB, url, target string, body []byte, sign Signing) Response 
 		t.Fatalf("%s: body %q: %v", target, raw, err)
 	}
 	return out
-}
-
-// ErrorCode is the AWS error code the SDK reports in err, "" if none.
-func ErrorCode(err error) string {
-	var ae smithy.APIError
-	if errors.As(err, &ae) {
-		return ae.ErrorCode()
-	}
-	return ""
 }

@@ -96,6 +96,7 @@ type Endpoint struct {
 	httpSrv  *http.Server
 	url      string
 	serveErr chan error
+	closing  chan struct{} // closed by Close: delays that land anyway end too
 }
 
 // New returns an endpoint for svc that is not listening yet.
@@ -125,7 +126,7 @@ func (e *Endpoint) StartAddr(addr string) error {
 	srv := &http.Server{Handler: e.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	e.mu.Lock()
-	e.httpSrv, e.url, e.serveErr = srv, "http://"+ln.Addr().String(), serveErr
+	e.httpSrv, e.url, e.serveErr, e.closing = srv, "http://"+ln.Addr().String(), serveErr, make(chan struct{})
 	e.mu.Unlock()
 	go func() { serveErr <- srv.Serve(ln) }()
 	return nil
@@ -151,15 +152,17 @@ func (e *Endpoint) URL() string {
 func (e *Endpoint) Region() string { return e.svc.Region }
 
 // Close stops the listener and aborts in-flight requests: their contexts
-// end, which also ends injected delays and hangs.
+// end, which also ends injected delays and hangs (a call whose effect was
+// to land after its delay then never lands).
 func (e *Endpoint) Close() {
 	e.mu.Lock()
-	srv, serveErr := e.httpSrv, e.serveErr
+	srv, serveErr, closing := e.httpSrv, e.serveErr, e.closing
 	e.httpSrv = nil
 	e.mu.Unlock()
 	if srv == nil {
 		return
 	}
+	close(closing)
 	_ = srv.Close()
 	<-serveErr // http.ErrServerClosed: the listener is gone either way
 }

@@ -774,3 +774,29 @@ func TestServeUntilSignal(t *testing.T) {
 		t.Fatal("still running 20 s after SIGTERM")
 	}
 }
+
+// TestCloseEndsDelayedEffect: a call whose effect lands after its delay,
+// given up by its client, ends with Close and never lands, instead of
+// landing at the end of its delay on an endpoint that is gone.
+func TestCloseEndsDelayedEffect(t *testing.T) {
+	s := startStandIn(t)
+	c := defaultClient(t, s)
+	ended := make(chan fakeaws.Request, 1)
+	s.After("CreateActivation", func(r fakeaws.Request) { ended <- r })
+	s.DelayEffect("CreateActivation", 1, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	arrived := s.NextRequest()
+	go func() { <-arrived; cancel() }() // the client gives up once the call is in
+	if _, err := c.CreateActivation(ctx, &ssm.CreateActivationInput{IamRole: aws.String("never")}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	s.Close()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call's handler still waits out its hour after Close")
+	}
+	if n := s.activations(); n != 0 {
+		t.Fatalf("%d activations: the delayed call landed after Close", n)
+	}
+}

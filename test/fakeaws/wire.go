@@ -138,6 +138,9 @@ func (e *Endpoint) process(c *Call, authErr *Error) (resp any, fault string, _ *
 		return nil, "", Errorf(http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
 	}
 	d, mode := e.nextDelay(c.Op)
+	e.mu.Lock()
+	closing := e.closing
+	e.mu.Unlock()
 	wait := func() bool { // false: the client gave up
 		fault = "delay"
 		t := time.NewTimer(d)
@@ -147,7 +150,11 @@ func (e *Endpoint) process(c *Call, authErr *Error) (resp any, fault string, _ *
 			return true
 		case <-c.Context.Done():
 			if mode == delayEffect {
-				<-t.C // lands all the same, unanswered
+				select {
+				case <-t.C: // lands all the same, unanswered
+				case <-closing:
+					mode = delayCall // the endpoint is gone: it never lands
+				}
 			}
 			return false
 		}

@@ -61,19 +61,7 @@ func TestReadmeLocalRun(t *testing.T) {
 	cmd.Env = env
 	p := harness.Start(t, cmd)
 
-	deadline := time.Now().Add(3 * time.Minute) // a cold `go run` compiles
-	for len(p.Log.Find("bastion started", nil)) == 0 {
-		select {
-		case <-p.Done():
-			t.Fatalf("README command exited before the bastion started:\n%s", p.Log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bastion did not start from the README command:\n%s", p.Log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	started := p.Log.Find("bastion started", nil)[0]
+	started := p.WaitLog(t, 3*time.Minute, "bastion started", nil) // a cold `go run` compiles
 	if got := fmt.Sprint(started["ssh_addr"]); got != "127.0.0.1:2222" {
 		t.Errorf("ssh_addr = %q, want 127.0.0.1:2222 as the README says", got)
 	}
@@ -219,18 +207,7 @@ func TestReadmeTryLocally(t *testing.T) {
 	startBastion := func() *harness.Proc {
 		t.Helper()
 		p := harness.Start(t, step(terminal1))
-		deadline := time.Now().Add(3 * time.Minute) // a cold `go run` compiles
-		for len(p.Log.Find("bastion started", nil)) == 0 {
-			select {
-			case <-p.Done():
-				t.Fatalf("terminal 1 exited before the bastion started:\n%s", p.Log.String())
-			case <-time.After(50 * time.Millisecond):
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("terminal 1: bastion did not start:\n%s", p.Log.String())
-			}
-		}
-		started := p.Log.Find("bastion started", nil)[0]
+		started := p.WaitLog(t, 3*time.Minute, "bastion started", nil) // a cold `go run` compiles
 		if started["ssh_addr"] != "127.0.0.1:2222" || started["host_key"] != fingerprint || started["host_key_ephemeral"] != false {
 			t.Fatalf("bastion started with %v, want 127.0.0.1:2222 and the permanent key %s", started, fingerprint)
 		}

@@ -103,35 +103,18 @@ func StartBastion(t testing.TB, dir string, o BastionOptions) *Bastion {
 	return b
 }
 
-// takeAddr records the listen address the bastion logged.
-func (b *Bastion) takeAddr() {
+// WaitStarted waits for the "bastion started" line and records the listen
+// address it gives.
+func (b *Bastion) WaitStarted(t testing.TB) {
+	t.Helper()
+	started := b.WaitLog(t, 60*time.Second, "bastion started", nil)
 	if b.Port != 0 {
 		return
 	}
-	if l := b.Log.Find("bastion started", nil); len(l) > 0 {
-		if _, p, err := splitPort(fmt.Sprint(l[0]["ssh_addr"])); err == nil {
-			b.Port = p
-			b.Addr = "127.0.0.1:" + strconv.Itoa(p)
-		}
+	if _, p, err := splitPort(fmt.Sprint(started["ssh_addr"])); err == nil {
+		b.Port = p
+		b.Addr = "127.0.0.1:" + strconv.Itoa(p)
 	}
-}
-
-// WaitStarted waits for the "bastion started" line.
-func (b *Bastion) WaitStarted(t testing.TB) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for len(b.Log.Find("bastion started", nil)) == 0 {
-		select {
-		case <-b.Done():
-			t.Fatalf("bastion exited before starting:\n%s", b.Log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bastion did not start:\n%s", b.Log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	b.takeAddr()
 }
 
 // Terminate sends SIGTERM to the bastion itself (PID 1 of its namespace).

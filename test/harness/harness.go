@@ -157,6 +157,27 @@ type Proc struct {
 	err  error
 }
 
+// WaitLog waits up to timeout for a log record with msg and match and
+// returns the first; the test fails if the process exits first or the
+// time runs out, with the process's output.
+func (p *Proc) WaitLog(t testing.TB, timeout time.Duration, msg string, match map[string]string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if found := p.Log.Find(msg, match); len(found) > 0 {
+			return found[0]
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before logging %q %v:\n%s", p.Cmd.Path, msg, match, p.Log.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s logged no %q %v within %v:\n%s", p.Cmd.Path, msg, match, timeout, p.Log.String())
+		}
+	}
+}
+
 // Start starts cmd with output captured (unless already redirected); it is killed (its process group)
 // at test end if still running.
 func Start(t testing.TB, cmd *exec.Cmd) *Proc {

@@ -57,15 +57,15 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		s.mu.Unlock()
 		nc.Reject(gossh.Prohibited, msgProhibited)
 		return
-	case s.draining:
+	}
+	t.fingerprint = g.fingerprint
+	if s.draining {
 		s.mu.Unlock()
-		t.fingerprint = g.fingerprint
 		s.refuse(nc, t, gossh.Prohibited, "server shutting down")
 		return
 	}
 	if reason, limit := s.tunnelShortageLocked(cs, g.fingerprint); reason != "" {
 		s.mu.Unlock()
-		t.fingerprint = g.fingerprint
 		s.refuse(nc, t, gossh.ResourceShortage, reason, "limit", limit)
 		return
 	}
@@ -79,7 +79,6 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		s.cfg.TunnelCount(int(open))
 	}
 	defer s.tunnelEnded(cs, g.fingerprint)
-	t.fingerprint = g.fingerprint
 
 	dest := Dest{Host: req.DestAddr, Port: int(req.DestPort)}
 	if r := s.policy.Load().Decide(g.access, dest); r != ReasonAllowed {
@@ -105,8 +104,7 @@ func (s *Server) handleDirectTCPIP(_ *gliderssh.Server, _ *gossh.ServerConn, nc 
 		return
 	}
 	go gossh.DiscardRequests(reqs)
-	s.log.Info("tunnel open", append(s.connAttrs(cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
-		"requested", t.requested, "dialed", t.dialed)...)
+	s.log.Info("tunnel open", append(s.tunnelAttrs(t), "dialed", t.dialed)...)
 	if s.cfg.Audit != nil {
 		s.cfg.Audit.TunnelOpened(s.sessionEvent(cs), t.requested)
 	}
@@ -181,14 +179,17 @@ func (s *Server) refuse(nc gossh.NewChannel, t *tunnel, code gossh.RejectionReas
 		msg = msgResourceShortage
 	}
 	nc.Reject(code, msg)
-	s.log.Info("tunnel refused", append(append(s.connAttrs(t.cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
-		"requested", t.requested, "reason", reason), attrs...)...)
+	s.log.Info("tunnel refused", append(append(s.tunnelAttrs(t), "reason", reason), attrs...)...)
 }
 
 func (s *Server) logTunnel(t *tunnel) {
-	s.log.Info("tunnel", append(s.connAttrs(t.cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client,
-		"requested", t.requested, "dialed", t.dialed, "bytes_up", t.up, "bytes_down", t.down,
+	s.log.Info("tunnel", append(s.tunnelAttrs(t), "dialed", t.dialed, "bytes_up", t.up, "bytes_down", t.down,
 		"duration_ms", time.Since(t.start).Milliseconds(), "close_reason", t.reason)...)
+}
+
+// tunnelAttrs are the fields every line about a tunnel starts with.
+func (s *Server) tunnelAttrs(t *tunnel) []any {
+	return append(s.connAttrs(t.cs), "user", t.user, "fingerprint", t.fingerprint, "client", t.client, "requested", t.requested)
 }
 
 // pipe copies both ways with half-close: EOF from the client becomes a TCP

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -356,8 +357,8 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 			baseDs = append(baseDs, timeConnect(base))
 		}
 	}
-	base50, baseWorst := median(baseDs), maxDuration(baseDs)
-	dead50, deadWorst := median(deadDs), maxDuration(deadDs)
+	base50, baseWorst := median(baseDs), slices.Max(baseDs)
+	dead50, deadWorst := median(deadDs), slices.Max(deadDs)
 	t.Logf("connect+auth+tunnel: p50 %v (worst %v) without a webhook, %v (worst %v) with a hanging one", base50, baseWorst, dead50, deadWorst)
 	// A notification on the connection's path would cost at least the
 	// webhook's 10 s request timeout; nothing close to that may show, and
@@ -371,21 +372,7 @@ func TestDeadWebhookCostsNothing(t *testing.T) {
 }
 
 func median(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-func maxDuration(ds []time.Duration) time.Duration {
-	var m time.Duration
-	for _, d := range ds {
-		m = max(m, d)
-	}
-	return m
 }

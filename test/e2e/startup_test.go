@@ -137,12 +137,15 @@ func TestLogFormatText(t *testing.T) {
 	cmd.Stdout = out
 	p := harness.Start(t, cmd)
 	waitUntil(t, "bastion started", 20*time.Second, func() bool {
+		if strings.Contains(out.String(), `msg="bastion started"`) {
+			return true
+		}
 		select {
 		case <-p.Done():
 			t.Fatalf("exited before starting:\n%s", out.String())
 		default:
 		}
-		return strings.Contains(out.String(), `msg="bastion started"`)
+		return false
 	})
 	p.Signal(syscall.SIGTERM)
 	if code := p.Wait(20 * time.Second); code != 0 {

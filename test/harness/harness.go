@@ -169,6 +169,11 @@ func (p *Proc) WaitLog(t testing.TB, timeout time.Duration, msg string, match ma
 		}
 		select {
 		case <-p.done:
+			// Its output is all in by now (Wait copies it before
+			// returning): the line may have come just before the exit.
+			if found := p.Log.Find(msg, match); len(found) > 0 {
+				return found[0]
+			}
 			t.Fatalf("%s exited before logging %q %v:\n%s", p.Cmd.Path, msg, match, p.Log.String())
 		case <-time.After(20 * time.Millisecond):
 		}

@@ -23,6 +23,12 @@ type Config struct {
 	Log *slog.Logger
 	// Name is how the text and the event call this bastion; "" = "bastion".
 	Name string
+	// PrincipalOf returns the IAM principal of an SSM session once it is
+	// known, "" before. A connection's events are taken as they happen, and
+	// the principal is looked up off the handshake's path, so the first
+	// events of a session may lack it: the message asks again when it
+	// leaves, after its coalescing window. nil: events are sent as taken.
+	PrincipalOf func(ssmSessionID string) string
 
 	// MinInterval is the least time between the answer to one POST and the
 	// start of the next (default 1 s: Slack's rate per webhook).

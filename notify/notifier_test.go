@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,6 +59,39 @@ func TestSessionStartDelivered(t *testing.T) {
 		t.Errorf("stats = %+v", s)
 	}
 	noSecret(t, "log", logs.String(), rcv)
+}
+
+// TestPrincipalKnownLater: a session whose principal was not yet known when
+// its events were taken (the lookup runs off the handshake's path) is
+// named by it when the message leaves, after its coalescing window.
+func TestPrincipalKnownLater(t *testing.T) {
+	t.Parallel()
+	rcv := webhook.Start(t)
+	_, log := newLog()
+	var asked atomic.Int32
+	cfg := fastConfig(rcv.URL, log)
+	cfg.PrincipalOf = func(id string) string {
+		asked.Add(1)
+		if id == aliceSSM {
+			return aliceARN
+		}
+		return ""
+	}
+	n := startNotifier(t, cfg)
+	e := ssmStart()
+	e.Principal = "" // not looked up yet
+	n.Notify(e)
+	n.Notify(keyStart()) // no SSM session: nothing to ask
+	reqs := rcv.Wait(t, 2, 5*time.Second)
+	if reqs[0].Event["principal"] != aliceARN || !strings.Contains(reqs[0].Text, aliceARN) {
+		t.Errorf("first message: %q %v", reqs[0].Text, reqs[0].Event)
+	}
+	if _, ok := reqs[1].Event["principal"]; ok {
+		t.Errorf("a key without a session got a principal: %v", reqs[1].Event)
+	}
+	if got := asked.Load(); got != 1 {
+		t.Errorf("PrincipalOf asked %d times, want once (the session without one)", got)
+	}
 }
 
 // One connection opening 50 tunnels makes one POST; a tunnel after that

@@ -175,6 +175,9 @@ func (r *runner) sleepUntil(t time.Time) bool {
 // deliver posts m, retrying as the answers allow.
 func (r *runner) deliver(m *message) {
 	cfg := r.n.cfg
+	if m.conn.Principal == "" && m.conn.SSMSessionID != "" && cfg.PrincipalOf != nil {
+		m.conn.Principal = capLen(cfg.PrincipalOf(m.conn.SSMSessionID), maxFieldLen)
+	}
 	body, err := render(m, cfg.Name)
 	if err != nil {
 		r.giveUp(m, result{reason: err.Error()}, 0)

@@ -145,6 +145,17 @@ func startBastion(cfg *entrypoint.Config, log *slog.Logger) *bastion {
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	startCtx, endStart := context.WithCancel(b.ctx)
 	b.startCtx = startCtx
+	if cfg.SSM {
+		// The principals behind SSM sessions, for the audit lines and the
+		// notifications.
+		b.owners = newSessionOwners(b.ctx, log, sessionOwnerTimeout, func(ctx context.Context, id string) (string, error) {
+			api, _ := b.ssmAPI.Load().(ssm.API)
+			if api == nil {
+				return "", errors.New("the SSM client is not ready yet")
+			}
+			return ssm.SessionOwner(ctx, api, id)
+		})
+	}
 	go func() { b.supDone <- b.sup.Run(b.ctx) }()
 	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
 		// The runtime's default (CPUs or quota) is the most it uses.
@@ -259,7 +270,11 @@ func (b *bastion) startNotifier() error {
 	if b.cfg.Env.NotifyURL == "" {
 		return nil
 	}
-	n, err := notify.New(notify.Config{URL: b.cfg.Env.NotifyURL, Log: b.log, Name: b.cfg.Env.InstanceName})
+	cfg := notify.Config{URL: b.cfg.Env.NotifyURL, Log: b.log, Name: b.cfg.Env.InstanceName}
+	if b.owners != nil {
+		cfg.PrincipalOf = b.owners.get
+	}
+	n, err := notify.New(cfg)
 	if err != nil {
 		return fmt.Errorf("BASTION_NOTIFY_URL: %w", err)
 	}
@@ -336,13 +351,6 @@ func (b *bastion) peers() *peers {
 			}
 			agent = p
 		}
-		b.owners = newSessionOwners(b.ctx, b.log, sessionOwnerTimeout, func(ctx context.Context, id string) (string, error) {
-			api, _ := b.ssmAPI.Load().(ssm.API)
-			if api == nil {
-				return "", errors.New("the SSM client is not ready yet")
-			}
-			return ssm.SessionOwner(ctx, api, id)
-		})
 	}
 	return newPeers(b.log, agent, b.owners)
 }

@@ -263,6 +263,15 @@ func (s *Server) pipe(ctx context.Context, cs *connState, ch gossh.Channel, targ
 	if forced != "" {
 		return up, down, forced
 	}
+	// Closing the connection ends its channels with a clean EOF, which can
+	// finish both directions before the context's stop runs: the reason it
+	// was closed for (set before the close) is still the tunnel's.
+	s.mu.Lock()
+	why := cs.closeReason
+	s.mu.Unlock()
+	if why != "" {
+		return up, down, why
+	}
 	return up, down, "eof both ways"
 }
 

@@ -396,8 +396,7 @@ func (s *Server) authLog(ctx gliderssh.Context, md gossh.ConnMetadata, method st
 		return
 	}
 	if err == nil && g != nil {
-		s.authenticated(ctx, cs, g)
-		if s.cfg.Audit != nil {
+		if s.authenticated(ctx, cs, g) && s.cfg.Audit != nil {
 			s.cfg.Audit.SessionStarted(s.sessionEvent(cs))
 		}
 	}

@@ -271,13 +271,14 @@ func (s *Server) connClosed(cs *connState) {
 
 // authenticated moves a connection out of the unauthenticated count and
 // starts its keepalive. A key removed since its signature was verified
-// ends the connection at once, as recheck would have.
-func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) {
+// ends the connection at once, as recheck would have. It reports whether
+// the connection is now in with its access.
+func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) bool {
 	s.handshakes.Delete(cs.remote) // the handshake did not fail, whatever comes next
 	s.mu.Lock()
 	if cs.closed || cs.authed {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	cs.authed = true
 	cs.authedAt = time.Now()
@@ -295,7 +296,9 @@ func (s *Server) authenticated(ctx gliderssh.Context, cs *connState, g *grant) {
 	if g.err != nil {
 		// No access: channel requests are refused until the close lands.
 		cs.closeWith(s, revocationReason(g.err), "cause", g.err.Error())
+		return false
 	}
+	return true
 }
 
 // keepalive sends keepalive@openssh.com like sshd's ClientAliveInterval: a

@@ -6,7 +6,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -70,7 +69,6 @@ func reexec(hide []string) error {
 	if v, ok := os.LookupEnv(reexecEnv); ok {
 		// Second image: never loop, whatever the mask says.
 		os.Unsetenv(reexecEnv)
-		restoreName()
 		return restoreHidden(v)
 	}
 	var hidden []string
@@ -137,15 +135,6 @@ func hiddenMemfd(hidden []string) (int, error) {
 		return -1, fmt.Errorf("supervisor: rewind hidden variables: %w", err)
 	}
 	return fd, nil
-}
-
-// restoreName gives the process back the command name of its binary: an
-// exec of /proc/self/exe names it "exe" in ps, top and /proc/PID/comm.
-// Writing /proc/self/comm names the thread group's leader, from any thread.
-func restoreName() {
-	if exe, err := os.Readlink("/proc/self/exe"); err == nil {
-		_ = os.WriteFile("/proc/self/comm", []byte(filepath.Base(exe)), 0)
-	}
 }
 
 // restoreHidden reads the variables the first image hid back into this
